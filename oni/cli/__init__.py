@@ -1,0 +1,1 @@
+"""``oniwm`` subcommands that belong to the message layer. Each module defines ``register(subparsers)``."""

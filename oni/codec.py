@@ -1,0 +1,231 @@
+"""Encoding and decoding ONI v1 messages (docs/oni-v1.md, "Wire format").
+
+A message on the bus is a ZeroMQ multipart message::
+
+    frame 0      topic, UTF-8
+    frame 1      body: msgpack map {"oni": 1, "header": {...}, "data": {...}}
+    frames 2..   tensor bytes, referenced from descriptors in "data" by {"frame": k} (k = 0 for frame 2)
+
+Small tensors travel inline in their descriptor (``"data": <bin>``); large ones in their own frame, sent and
+received without a copy. The *packed* form (MCAP records, golden files) is the body alone with every tensor
+inline. Decoding validates in a fixed order and raises the matching :class:`~oni.errors.RejectedMessage`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+from oni.errors import (
+    EncodeError,
+    MalformedFrame,
+    NonFiniteValue,
+    PayloadTooLarge,
+    SchemaViolation,
+    TensorMismatch,
+    UnsupportedVersion,
+)
+from oni.message import HEADER_FIELDS, WIRE_VERSION, Header, Message
+from oni.schema import SchemaRegistry, parse_version
+from oni.tensor import FLOAT_DTYPES, Png, Quantized, check_descriptor, decode_tensor, encode_tensor
+
+#: Tensors below this many bytes go inline in the body; larger ones get their own zero-copy frame.
+INLINE_MAX_BYTES = 2048
+#: Default receive limit for a whole message (all frames).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_HEADER_TYPES = (str, str, int, str, int, int, str, str)
+_TENSOR_WRAPPERS = (Quantized, Png)
+_TRACE_ID = re.compile("[0-9a-f]{32}")
+_SCHEMA_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Receiver-side limits. ``max_message_bytes`` bounds the sum of all frames."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+#: Resolves a shared-memory descriptor to ``(array, lease)``; supplied by a subscriber that reads shm.
+ShmResolver = Callable[[Mapping[str, Any], Mapping[str, Any], str], tuple[np.ndarray, Any]]
+
+
+def _pack_value(key: str, value: Any, frames: list[Any] | None, inline_max: int) -> Any:
+    if isinstance(value, (np.ndarray, *_TENSOR_WRAPPERS)):
+        desc, buf = encode_tensor(value)
+        if frames is None or memoryview(buf).nbytes < inline_max:
+            desc["data"] = buf
+        else:
+            desc["frame"] = len(frames)
+            frames.append(buf)
+        return desc
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    if isinstance(value, dict) and "shm" in value and "dtype" in value:
+        return value  # a shared-memory descriptor prepared by the publisher
+    raise EncodeError(
+        f"field {key!r}: ONI data fields are scalars, strings, lists of scalars or tensors, got {type(value).__name__}"
+    )
+
+
+def _body(header: Header, data: Mapping[str, Any], frames: list[Any] | None, inline_max: int) -> bytes:
+    packed = {key: _pack_value(key, value, frames, inline_max) for key, value in data.items()}
+    return msgpack.packb({"oni": WIRE_VERSION, "header": header.to_dict(), "data": packed}, use_bin_type=True)
+
+
+def encode(topic: str, header: Header, data: Mapping[str, Any], inline_max: int = INLINE_MAX_BYTES) -> list[Any]:
+    """Encode to wire frames ``[topic, body, *tensor_buffers]``. Tensor buffers are not copied."""
+    frames: list[Any] = []
+    body = _body(header, data, frames, inline_max)
+    return [topic.encode(), body, *frames]
+
+
+def pack(header: Header, data: Mapping[str, Any]) -> bytes:
+    """Encode to the packed single-buffer form (every tensor inline)."""
+    return _body(header, data, None, 0)
+
+
+def _header(raw: Any, topic: str) -> Header:
+    """Check the header against oni.common.v1.json's definition (in code: it runs on every message)."""
+    if not isinstance(raw, dict):
+        raise MalformedFrame("header is not a map", topic=topic)
+    try:
+        values = [raw[name] for name in HEADER_FIELDS]
+    except KeyError as exc:
+        raise SchemaViolation(f"header is missing field {exc.args[0]!r}", topic=topic) from None
+    for name, value, kind in zip(HEADER_FIELDS, values, _HEADER_TYPES):
+        if type(value) is not kind:
+            raise SchemaViolation(f"header field {name!r} must be {kind.__name__}, got {type(value).__name__}", topic=topic)
+    header = Header(*values)
+    if not 0 <= header.seq < 1 << 64:
+        raise SchemaViolation(f"header seq {header.seq} is outside uint64", topic=topic)
+    if not (_INT64_MIN <= header.stamp_ns <= _INT64_MAX and _INT64_MIN <= header.pub_ns <= _INT64_MAX):
+        raise SchemaViolation("header stamp_ns/pub_ns must fit in int64", topic=topic)
+    if _TRACE_ID.fullmatch(header.trace_id) is None:
+        raise SchemaViolation(f"header trace_id {header.trace_id[:40]!r} is not 32 lowercase hex digits", topic=topic)
+    if _SCHEMA_NAME.fullmatch(header.schema) is None or len(header.schema) > 128:
+        raise SchemaViolation(f"header schema {header.schema[:40]!r} is not a dotted lowercase type name", topic=topic)
+    if len(header.source) > 256 or len(header.frame_id) > 256:
+        raise SchemaViolation("header source and frame_id are at most 256 characters", topic=topic)
+    return header
+
+
+def decode_body(
+    body: Any,
+    tensor_frames: Sequence[Any],
+    topic: str,
+    registry: SchemaRegistry,
+    shm: ShmResolver | None = None,
+) -> Message:
+    """Validate a msgpack-decoded body and build the :class:`Message`; tensors come from ``tensor_frames``."""
+    if not isinstance(body, dict) or "header" not in body or "data" not in body:
+        raise MalformedFrame("body is not a map with 'oni', 'header' and 'data'", topic=topic)
+    if body.get("oni") != WIRE_VERSION:
+        raise UnsupportedVersion(f"wire version {body.get('oni')!r} is not supported (this is ONI v{WIRE_VERSION})", topic=topic)
+    header = _header(body["header"], topic)
+    try:
+        major, _minor = parse_version(header.schema_version)
+    except ValueError as exc:
+        raise SchemaViolation(str(exc), topic=topic) from None
+    schema = registry.get(header.schema, major, topic=topic)
+    raw_data = body["data"]
+    if not isinstance(raw_data, dict):
+        raise MalformedFrame("'data' is not a map", topic=topic)
+    schema.validate_data(raw_data, topic=topic)
+    rules = schema.tensor_rules
+    data: dict[str, Any] = {}
+    leases: list[Any] = []
+    used: set[int] = set()
+    for key, value in raw_data.items():
+        if isinstance(value, dict):
+            rule = rules.get(key)
+            if rule is None:
+                # A field a later minor version added (receivers ignore what they do not know), or junk.
+                continue
+            try:
+                check_descriptor(value, rule, key)
+            except TensorMismatch as exc:
+                raise TensorMismatch(str(exc), topic=topic) from None
+            if "frame" in value:
+                index = value["frame"]
+                if not isinstance(index, int) or not 0 <= index < len(tensor_frames) or index in used:
+                    raise MalformedFrame(
+                        f"field {key!r} refers to tensor frame {index!r}; the message has {len(tensor_frames)}",
+                        topic=topic,
+                    )
+                used.add(index)
+                array = decode_tensor(value, tensor_frames[index], field=key)
+            elif "data" in value:
+                if not isinstance(value["data"], (bytes, bytearray, memoryview)):
+                    raise MalformedFrame(f"field {key!r}: inline tensor data must be bytes", topic=topic)
+                array = decode_tensor(value, value["data"], field=key)
+            else:
+                if shm is None:
+                    raise TensorMismatch(f"field {key!r} is in shared memory, which this receiver cannot map", topic=topic)
+                array, lease = shm(value, value["shm"], key)
+                leases.append(lease)
+            if value["dtype"] in FLOAT_DTYPES and key not in schema.nonfinite_ok and array.size:
+                _check_finite_array(array, key, topic)
+            data[key] = array
+        else:
+            if isinstance(value, float) and not math.isfinite(value) and key not in schema.nonfinite_ok:
+                raise NonFiniteValue(f"field {key!r} is {value}", topic=topic)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, float) and not math.isfinite(item) and key not in schema.nonfinite_ok:
+                        raise NonFiniteValue(f"field {key!r} holds {item}", topic=topic)
+            data[key] = value
+    if len(used) != len(tensor_frames):
+        raise MalformedFrame(f"{len(tensor_frames) - len(used)} tensor frame(s) are not referenced by any field", topic=topic)
+    return Message(topic=topic, header=header, data=data, shm_leases=leases)
+
+
+def _check_finite_array(array: np.ndarray, key: str, topic: str) -> None:
+    # A float64 sum is NaN/Inf iff some element is (float32/16 values cannot overflow it), and is
+    # about twice as fast as isfinite().all(); float64 tensors fall back to the exact test.
+    if not math.isfinite(float(array.sum(dtype=np.float64))) and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise NonFiniteValue(f"tensor {key!r} holds {bad} NaN/Inf value(s)", topic=topic)
+
+
+def _unpack_body(body: Any, topic: str) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for corrupt input
+        raise MalformedFrame(f"body is not valid msgpack: {type(exc).__name__}: {exc}", topic=topic) from None
+
+
+def decode(
+    frames: Sequence[Any],
+    registry: SchemaRegistry | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+    shm: ShmResolver | None = None,
+) -> Message:
+    """Decode wire frames (bytes or buffers) into a validated :class:`Message`."""
+    if len(frames) < 2:
+        raise MalformedFrame(f"an ONI message has at least 2 frames (topic, body), got {len(frames)}")
+    total = sum(memoryview(f).nbytes for f in frames)
+    try:
+        topic = bytes(frames[0]).decode()
+    except UnicodeDecodeError:
+        raise MalformedFrame("topic frame is not UTF-8") from None
+    if total > limits.max_message_bytes:
+        raise PayloadTooLarge(f"message is {total} bytes, limit is {limits.max_message_bytes}", topic=topic)
+    body = _unpack_body(frames[1], topic)
+    return decode_body(body, frames[2:], topic, registry or SchemaRegistry.default(), shm)
+
+
+def unpack(buf: bytes | memoryview, topic: str, registry: SchemaRegistry | None = None) -> Message:
+    """Decode the packed single-buffer form (as stored in MCAP records and golden files)."""
+    return decode_body(_unpack_body(buf, topic), (), topic, registry or SchemaRegistry.default())
