@@ -26,6 +26,7 @@ from oni.errors import (
     MalformedFrame,
     NonFiniteValue,
     PayloadTooLarge,
+    RejectedMessage,
     SchemaViolation,
     TensorMismatch,
     UnsupportedVersion,
@@ -43,6 +44,7 @@ _HEADER_TYPES = (str, str, int, str, int, int, str, str)
 _TENSOR_WRAPPERS = (Quantized, Png)
 _TRACE_ID = re.compile("[0-9a-f]{32}")
 _SCHEMA_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
+_SCHEMA_VERSION = re.compile(r"[0-9]{1,4}\.[0-9]{1,4}")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -116,6 +118,8 @@ def _header(raw: Any, topic: str) -> Header:
         raise SchemaViolation(f"header trace_id {header.trace_id[:40]!r} is not 32 lowercase hex digits", topic=topic)
     if _SCHEMA_NAME.fullmatch(header.schema) is None or len(header.schema) > 128:
         raise SchemaViolation(f"header schema {header.schema[:40]!r} is not a dotted lowercase type name", topic=topic)
+    if _SCHEMA_VERSION.fullmatch(header.schema_version) is None:
+        raise SchemaViolation(f"header schema_version {header.schema_version[:40]!r} is not 'MAJOR.MINOR'", topic=topic)
     if len(header.source) > 256 or len(header.frame_id) > 256:
         raise SchemaViolation("header source and frame_id are at most 256 characters", topic=topic)
     return header
@@ -131,50 +135,34 @@ def decode_body(
     """Validate a msgpack-decoded body and build the :class:`Message`; tensors come from ``tensor_frames``."""
     if not isinstance(body, dict) or "header" not in body or "data" not in body:
         raise MalformedFrame("body is not a map with 'oni', 'header' and 'data'", topic=topic)
-    if body.get("oni") != WIRE_VERSION:
+    if type(body.get("oni")) is not int or body["oni"] != WIRE_VERSION:
         raise UnsupportedVersion(f"wire version {body.get('oni')!r} is not supported (this is ONI v{WIRE_VERSION})", topic=topic)
     header = _header(body["header"], topic)
-    try:
-        major, _minor = parse_version(header.schema_version)
-    except ValueError as exc:
-        raise SchemaViolation(str(exc), topic=topic) from None
+    major, _minor = parse_version(header.schema_version)  # _header has checked its form
     schema = registry.get(header.schema, major, topic=topic)
     raw_data = body["data"]
     if not isinstance(raw_data, dict):
         raise MalformedFrame("'data' is not a map", topic=topic)
     schema.validate_data(raw_data, topic=topic)
     rules = schema.tensor_rules
+    known = schema.document["properties"]["data"]["properties"]
     data: dict[str, Any] = {}
     leases: list[Any] = []
     used: set[int] = set()
     for key, value in raw_data.items():
-        if isinstance(value, dict):
-            rule = rules.get(key)
-            if rule is None:
-                # A field a later minor version added (receivers ignore what they do not know), or junk.
-                continue
+        if key not in known:
+            # A field a later minor version added: receivers ignore what they do not know, scalar or tensor
+            # alike. A tensor frame it refers to still counts as referenced, so the frame accounting holds.
+            if isinstance(value, dict) and "frame" in value:
+                _claim_frame(key, value["frame"], len(tensor_frames), used, topic)
+            continue
+        if key in rules:  # validate_data has checked a tensor field's value is a map
             try:
-                check_descriptor(value, rule, key)
-            except TensorMismatch as exc:
-                raise TensorMismatch(str(exc), topic=topic) from None
-            if "frame" in value:
-                index = value["frame"]
-                if not isinstance(index, int) or not 0 <= index < len(tensor_frames) or index in used:
-                    raise MalformedFrame(
-                        f"field {key!r} refers to tensor frame {index!r}; the message has {len(tensor_frames)}",
-                        topic=topic,
-                    )
-                used.add(index)
-                array = decode_tensor(value, tensor_frames[index], field=key)
-            elif "data" in value:
-                if not isinstance(value["data"], (bytes, bytearray, memoryview)):
-                    raise MalformedFrame(f"field {key!r}: inline tensor data must be bytes", topic=topic)
-                array = decode_tensor(value, value["data"], field=key)
-            else:
-                if shm is None:
-                    raise TensorMismatch(f"field {key!r} is in shared memory, which this receiver cannot map", topic=topic)
-                array, lease = shm(value, value["shm"], key)
-                leases.append(lease)
+                array = _decode_tensor_field(key, value, rules[key], tensor_frames, used, shm, leases)
+            except RejectedMessage as exc:
+                if exc.topic is not None:
+                    raise
+                raise type(exc)(str(exc), topic=topic) from None
             if value["dtype"] in FLOAT_DTYPES and key not in schema.nonfinite_ok and array.size:
                 _check_finite_array(array, key, topic)
             data[key] = array
@@ -189,6 +177,42 @@ def decode_body(
     if len(used) != len(tensor_frames):
         raise MalformedFrame(f"{len(tensor_frames) - len(used)} tensor frame(s) are not referenced by any field", topic=topic)
     return Message(topic=topic, header=header, data=data, shm_leases=leases)
+
+
+def _claim_frame(key: str, index: Any, count: int, used: set[int], topic: str | None) -> int:
+    """Check a descriptor's ``frame`` index refers to a tensor frame no other field took, and take it."""
+    if type(index) is not int or not 0 <= index < count or index in used:
+        reason = "is already used by another field" if type(index) is int and index in used else "does not exist"
+        raise TensorMismatch(
+            f"field {key!r} refers to tensor frame {index!r}, which {reason} (the message has {count})", topic=topic
+        )
+    used.add(index)
+    return index
+
+
+def _decode_tensor_field(
+    key: str,
+    value: dict[str, Any],
+    rule: Any,
+    tensor_frames: Sequence[Any],
+    used: set[int],
+    shm: ShmResolver | None,
+    leases: list[Any],
+) -> np.ndarray:
+    """Check one tensor descriptor against its schema rule and rebuild its array from a frame, inline or shm."""
+    check_descriptor(value, rule, key)
+    if "frame" in value:
+        index = _claim_frame(key, value["frame"], len(tensor_frames), used, None)
+        return decode_tensor(value, tensor_frames[index], field=key)
+    if "data" in value:
+        if not isinstance(value["data"], (bytes, bytearray, memoryview)):
+            raise MalformedFrame(f"field {key!r}: inline tensor data must be bytes")
+        return decode_tensor(value, value["data"], field=key)
+    if shm is None:
+        raise TensorMismatch(f"field {key!r} is in shared memory, which this receiver cannot map")
+    array, lease = shm(value, value["shm"], key)
+    leases.append(lease)
+    return array
 
 
 def _check_finite_array(array: np.ndarray, key: str, topic: str) -> None:

@@ -7,6 +7,7 @@ Bytes are little-endian, C order. See docs/oni-v1.md, "Tensors".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ _DTYPE_NAMES = {dt.newbyteorder("="): name for name, dt in DTYPES.items()}
 QUANT_DTYPES = ("int8", "uint8", "int16", "uint16")
 FLOAT_DTYPES = ("float16", "float32", "float64")
 ENCODINGS = ("raw", "quantized", "png")
+#: A shared-memory segment name, as oni.common.v1.json's tensor descriptor allows it.
+_SHM_SEGMENT = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 #: Refuse descriptors whose shape alone would allocate absurd memory (a hostile or corrupt message).
 MAX_ELEMENTS = 1 << 31
 
@@ -53,7 +56,7 @@ def dtype_name(dtype: np.dtype) -> str:
 class Quantized:
     """Ask for affine quantisation of a float tensor: ``value = (q - zero_point) * scale``.
 
-    ``scale``/``zero_point`` left as ``None`` are fitted to the tensor's min/max.
+    Give both ``scale`` and ``zero_point``, or neither: then both are fitted to the tensor's min/max.
     """
 
     array: np.ndarray
@@ -78,7 +81,10 @@ def fit_quantization(array: np.ndarray, qdtype: str) -> tuple[float, int]:
     info = np.iinfo(DTYPES[qdtype])
     lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
     lo, hi = min(lo, 0.0), max(hi, 0.0)  # keep 0 exactly representable
-    scale = (hi - lo) / (info.max - info.min) if hi > lo else 1.0
+    span = info.max - info.min
+    scale = hi / span - lo / span  # not (hi - lo) / span: that overflows for values near the float64 limits
+    if not scale > 0:
+        scale = 1.0  # all zeros, or values so small that the scale underflows: everything maps to 0
     zero_point = int(round(info.min - lo / scale))
     return scale, int(np.clip(zero_point, info.min, info.max))
 
@@ -97,14 +103,19 @@ def encode_tensor(value: TensorLike) -> tuple[dict[str, Any], Any]:
             raise EncodeError(f"qdtype must be one of {QUANT_DTYPES}, got {value.qdtype!r}")
         if not np.isfinite(array).all():
             raise EncodeError("quantized encoding needs finite values")
-        if value.scale is None or value.zero_point is None:
+        if value.scale is None and value.zero_point is None:
             scale, zero_point = fit_quantization(array, value.qdtype)
+        elif value.scale is None or value.zero_point is None:
+            raise EncodeError("quantized encoding takes both scale and zero_point, or neither (both fitted)")
         else:
             scale, zero_point = float(value.scale), int(value.zero_point)
         if not (np.isfinite(scale) and scale > 0):
             raise EncodeError(f"quantization scale must be finite and > 0, got {scale}")
         info = np.iinfo(DTYPES[value.qdtype])
-        q = np.clip(np.rint(array / scale) + zero_point, info.min, info.max).astype(DTYPES[value.qdtype])
+        # In float64: float16 arithmetic would overflow and round away the low bits of 16-bit codes.
+        with np.errstate(over="ignore"):  # values beyond the code range saturate, by design
+            q = np.rint(array.astype(np.float64) / scale) + zero_point
+        q = np.clip(q, info.min, info.max).astype(DTYPES[value.qdtype])
         desc = {
             "dtype": name,
             "shape": list(array.shape),
@@ -125,7 +136,8 @@ def encode_tensor(value: TensorLike) -> tuple[dict[str, Any], Any]:
     name = dtype_name(array.dtype)
     if array.dtype.byteorder == ">" or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=DTYPES[name])
-    return {"dtype": name, "shape": list(array.shape), "encoding": "raw"}, array.data.cast("B") if array.ndim else array.tobytes()
+    buf = array.data.cast("B") if array.ndim and array.size else array.tobytes()  # memoryview cannot cast 0-d/empty
+    return {"dtype": name, "shape": list(array.shape), "encoding": "raw"}, buf
 
 
 def decode_tensor(desc: dict[str, Any], buf: Any, *, field: str) -> np.ndarray:
@@ -147,7 +159,12 @@ def decode_tensor(desc: dict[str, Any], buf: Any, *, field: str) -> np.ndarray:
             raise TensorMismatch(
                 f"field {field!r}: {desc['dtype']}{list(shape)} needs {count * dtype.itemsize} bytes, got {nbytes}"
             )
-        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        if dtype.kind == "b" and count and np.frombuffer(buf, dtype=np.uint8).max() > 1:
+            # numpy would keep other byte values as "true" bools that compare unequal to True
+            raise TensorMismatch(f"field {field!r}: bool tensor bytes must be 0 or 1")
+        array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        array.flags.writeable = False  # a view of the received frame, shared with whoever holds it
+        return array
     if encoding == "quantized":
         qdtype = DTYPES[desc["qdtype"]]
         if nbytes != count * qdtype.itemsize:
@@ -156,17 +173,14 @@ def decode_tensor(desc: dict[str, Any], buf: Any, *, field: str) -> np.ndarray:
                 f"got {nbytes}"
             )
         q = np.frombuffer(buf, dtype=qdtype).reshape(shape)
-        out = (q.astype(np.float64) - desc["zero_point"]) * desc["scale"]
-        return out.astype(dtype.newbyteorder("="))
+        with np.errstate(over="ignore"):  # out-of-range parameters give Inf, which the finiteness check rejects
+            out = (q.astype(np.float64) - desc["zero_point"]) * desc["scale"]
+            return out.astype(dtype.newbyteorder("="))
     try:
-        image = decode_png(buf)
+        image = decode_png(buf, shape=shape, dtype=dtype)
     except PngError as exc:
         raise TensorMismatch(f"field {field!r}: {exc}") from None
-    if image.dtype.newbyteorder("=") != dtype.newbyteorder("=") or image.size != count:
-        raise TensorMismatch(
-            f"field {field!r}: png holds {image.dtype}{list(image.shape)}, descriptor says {desc['dtype']}{list(shape)}"
-        )
-    return image.reshape(shape)
+    return image.reshape(shape)  # (H, W) grey -> (H, W, 1) when the descriptor says so
 
 
 def check_descriptor(desc: dict[str, Any], rule: Any, field: str) -> None:
@@ -177,9 +191,9 @@ def check_descriptor(desc: dict[str, Any], rule: Any, field: str) -> None:
     definition; kept in code because it runs on every received tensor.
     """
     dtype, shape, encoding = desc.get("dtype"), desc.get("shape"), desc.get("encoding")
-    if dtype not in rule.dtypes:
+    if not isinstance(dtype, str) or dtype not in rule.dtypes:
         raise TensorMismatch(f"field {field!r}: dtype {dtype!r} is not allowed here (allowed: {sorted(rule.dtypes)})")
-    if encoding not in rule.encodings:
+    if not isinstance(encoding, str) or encoding not in rule.encodings:
         raise TensorMismatch(f"field {field!r}: encoding {encoding!r} is not allowed here (allowed: {sorted(rule.encodings)})")
     if (
         not isinstance(shape, list)
@@ -191,6 +205,15 @@ def check_descriptor(desc: dict[str, Any], rule: Any, field: str) -> None:
         )
     if ("frame" in desc) + ("data" in desc) + ("shm" in desc) != 1:
         raise TensorMismatch(f"field {field!r}: a descriptor has exactly one of 'frame', 'data', 'shm'")
+    if "shm" in desc:
+        where = desc["shm"]
+        if (
+            not isinstance(where, dict)
+            or not isinstance(where.get("segment"), str)
+            or _SHM_SEGMENT.fullmatch(where["segment"]) is None
+            or not all(type(where.get(k)) is int and where[k] >= 0 for k in ("slot", "gen", "offset"))
+        ):
+            raise TensorMismatch(f"field {field!r}: shm must be {{segment, slot, gen, offset}}, got {where!r:.200}")
     if encoding == "quantized":
         scale, zero_point, qdtype = desc.get("scale"), desc.get("zero_point"), desc.get("qdtype")
         if dtype not in FLOAT_DTYPES or qdtype not in QUANT_DTYPES:

@@ -52,7 +52,8 @@ from oni.shm import ShmConfig, ShmReader, ShmRing
 log = logging.getLogger("oni.transport")
 
 HELLO_PREFIX = b"\x00oni.hello"
-_HWM = 10_000
+#: Default ZeroMQ queue bound per peer, in messages (each side). Memory use is up to this many messages.
+DEFAULT_HWM = 1000
 _MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
@@ -118,6 +119,7 @@ class Publisher:
     ``source`` names this publisher in every header (keep it unique per process). ``bind`` (the default)
     makes this side listen; a publisher may instead connect to a subscriber that binds (used for privileged
     topics, where the receiver holds the allow-list). ``shm`` enables shared memory for large tensors.
+    ``hwm`` bounds the queue per subscriber (messages); past it ``best_effort`` drops and ``reliable`` waits.
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class Publisher:
         shm: ShmConfig | None = None,
         registry: SchemaRegistry | None = None,
         inline_max: int = INLINE_MAX_BYTES,
+        hwm: int = DEFAULT_HWM,
     ) -> None:
         if not topics:
             raise ValueError("a publisher needs at least one topic")
@@ -146,7 +149,7 @@ class Publisher:
         self._context = context or _default_context()
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.linger = 0
-        self._socket.sndhwm = _HWM
+        self._socket.sndhwm = hwm
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
         self._allow = apply(self._socket, security)
         self._secured = security is not None
@@ -177,6 +180,11 @@ class Publisher:
     def denied_keys(self) -> dict[str, int]:
         """Client keys this (server) publisher refused, with counts."""
         return dict(self._allow.denied) if self._allow else {}
+
+    @property
+    def shm_segment(self) -> str | None:
+        """Name of this publisher's shared-memory segment (a file in :data:`oni.shm.SHM_DIR`), if any."""
+        return self._ring.name if self._ring is not None else None
 
     def security_failures(self) -> list[tuple[int, int, str]]:
         """Failed handshakes seen on this socket: ``(zmq event, detail, endpoint)``."""
@@ -388,13 +396,14 @@ class Subscriber:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         security: Security | None = None,
         on_event: EventCallback | None = None,
+        hwm: int = DEFAULT_HWM,
     ) -> None:
         self._registry = registry or SchemaRegistry.default()
         self._limits = DecodeLimits(max_message_bytes)
         self._context = context or _default_context()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.linger = 0
-        self._socket.rcvhwm = _HWM
+        self._socket.rcvhwm = hwm
         self._allow = apply(self._socket, security)
         self._security = security
         self._socket.setsockopt(zmq.SUBSCRIBE, HELLO_PREFIX)
