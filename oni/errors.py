@@ -65,6 +65,12 @@ class NonFiniteValue(RejectedMessage):
     kind = "non_finite"
 
 
+class WrongType(RejectedMessage):
+    """The header's schema is not the type the subscription expects on this topic."""
+
+    kind = "wrong_type"
+
+
 class DuplicateSeq(RejectedMessage):
     """A publisher sent a ``seq`` this subscriber has already delivered."""
 
@@ -121,6 +127,7 @@ REJECT_KINDS: tuple[str, ...] = tuple(
         SchemaViolation,
         TensorMismatch,
         NonFiniteValue,
+        WrongType,
         DuplicateSeq,
         OutOfOrderSeq,
         Expired,

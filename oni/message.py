@@ -42,7 +42,17 @@ class Header:
     trace_id: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in HEADER_FIELDS}
+        # Spelled out (in HEADER_FIELDS order): it runs on every publish, and a getattr loop costs ~4x more.
+        return {
+            "schema": self.schema,
+            "schema_version": self.schema_version,
+            "seq": self.seq,
+            "source": self.source,
+            "stamp_ns": self.stamp_ns,
+            "pub_ns": self.pub_ns,
+            "frame_id": self.frame_id,
+            "trace_id": self.trace_id,
+        }
 
 
 @dataclass(slots=True)

@@ -96,13 +96,21 @@ def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray
     return out
 
 
-def decode_png(data: bytes | memoryview) -> np.ndarray:
-    """Decode PNG bytes to ``(H, W)`` (grey) or ``(H, W, C)`` uint8/uint16. Raises :class:`PngError`."""
+def decode_png(
+    data: bytes | memoryview, shape: tuple[int, ...] | None = None, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """Decode PNG bytes to ``(H, W)`` (grey) or ``(H, W, C)`` uint8/uint16. Raises :class:`PngError`.
+
+    With ``shape``/``dtype`` (what a tensor descriptor says), an image that disagrees is refused from its
+    header, before any pixel data is inflated; a grey image matches ``(H, W)`` and ``(H, W, 1)``.
+    """
     buf = bytes(data)
     if not buf.startswith(_SIGNATURE):
         raise PngError("not a PNG: bad signature")
     pos, idat, header = len(_SIGNATURE), [], None
-    while pos + 12 <= len(buf):
+    while True:
+        if pos + 12 > len(buf):
+            raise PngError("png is truncated: it ends before its IEND chunk")
         (length,) = struct.unpack_from(">I", buf, pos)
         kind = buf[pos + 4 : pos + 8]
         body = buf[pos + 8 : pos + 8 + length]
@@ -128,14 +136,26 @@ def decode_png(data: bytes | memoryview) -> np.ndarray:
     if width == 0 or height == 0 or width * height > 1 << 28:
         raise PngError(f"png size {width}x{height} is out of range")
     channels = _CHANNELS[color]
+    found = (height, width) if channels == 1 else (height, width, channels)
+    found_dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
+    if (shape is not None and tuple(shape) not in (found, (height, width, channels))) or (
+        dtype is not None and np.dtype(dtype).newbyteorder("=") != found_dtype
+    ):
+        raise PngError(
+            f"png holds {found_dtype}{list(found)}, descriptor says "
+            f"{np.dtype(dtype if dtype is not None else found_dtype).name}{list(shape if shape is not None else found)}"
+        )
     bpp = channels * depth // 8
     stride = width * bpp
+    expected = height * (stride + 1)
+    inflater = zlib.decompressobj()
     try:
-        raw = zlib.decompress(b"".join(idat))
+        # Bounded: a small, hostile IDAT must not inflate to more than the header promises.
+        raw = inflater.decompress(b"".join(idat), expected + 1)
     except zlib.error as exc:
         raise PngError(f"png image data does not inflate: {exc}") from None
-    if len(raw) != height * (stride + 1):
-        raise PngError(f"png image data is {len(raw)} bytes, expected {height * (stride + 1)}")
+    if len(raw) != expected:
+        raise PngError(f"png image data is {len(raw) if len(raw) <= expected else 'over'} bytes, expected {expected}")
     rows = _unfilter(np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1), height, stride, bpp)
     dtype = np.dtype(">u2") if depth == 16 else np.dtype(np.uint8)
     image = rows.view(dtype).astype(dtype.newbyteorder("="), copy=False).reshape(height, width, channels)

@@ -20,7 +20,8 @@ class QosProfile:
       ``max_blocking_ms`` raises, gaps in ``seq`` are detected and reported); ``best_effort`` never blocks the
       publisher, and what it cannot queue is dropped and counted.
     - ``depth``: messages kept per topic by a subscriber between takes (older ones are overwritten and
-      counted as ``overrun``), and the transport's queue bound.
+      counted as ``overrun``). The transport's queues are bounded separately, by the publisher's and
+      subscriber's ``hwm``.
     - ``deadline_ms``: the longest expected gap between messages; a longer gap is a ``deadline_missed`` event.
     - ``lifespan_ms``: messages older than this (since ``pub_ns``) at delivery are dropped as ``expired``.
     - ``max_blocking_ms``: how long a ``reliable`` publish may wait for queue space (0: never wait, raise).

@@ -100,7 +100,40 @@ class CompiledSchema:
             raise SchemaViolation(f"{self.name} {self.version}: {exc.message}", topic=topic) from None
 
 
-def _tensor_rule(prop: dict[str, Any]) -> TensorRule:
+#: Keywords that annotate without constraining: allowed anywhere in a tensor field's definition.
+_ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "deprecated"})
+#: The only constraints a schema may add to a tensor field: what :class:`TensorRule` (the fast path) enforces.
+_TENSOR_CONSTRAINTS = {"dtype": {"enum"}, "encoding": {"enum"}, "shape": {"minItems", "maxItems"}}
+
+
+def _check_tensor_keywords(where: str, prop: dict[str, Any]) -> None:
+    """Refuse constraints on a tensor field that the fast path would silently not enforce."""
+
+    def extra(node: Any, allowed: set[str]) -> list[str]:
+        if not isinstance(node, dict):
+            return [repr(node)[:40]]
+        found = sorted(k for k in node if k not in allowed and k not in _ANNOTATIONS and not k.startswith("x-"))
+        if node.get("$ref", _TENSOR_REF) != _TENSOR_REF:
+            found.append(f"$ref {node['$ref']!r}")
+        return found
+
+    unsupported = extra(prop, {"$ref", "allOf"})
+    for part in prop.get("allOf", ()):
+        unsupported += extra(part, {"$ref", "properties"})
+        props = part.get("properties", {}) if isinstance(part, dict) else {}
+        unsupported += extra(props, set(_TENSOR_CONSTRAINTS))
+        if isinstance(props, dict):
+            for key, allowed in _TENSOR_CONSTRAINTS.items():
+                unsupported += [f"{key}.{k}" for k in extra(props.get(key, {}), allowed)]
+    if unsupported:
+        raise SchemaError(
+            f"{where}: a tensor field may only constrain dtype (enum), encoding (enum) and shape (minItems, "
+            f"maxItems); unsupported: {', '.join(unsupported)}"
+        )
+
+
+def _tensor_rule(where: str, prop: dict[str, Any]) -> TensorRule:
+    _check_tensor_keywords(where, prop)
     dtypes = set(DTYPES)
     encodings = set(ENCODINGS)
     min_ndim, max_ndim = 0, 8
@@ -138,7 +171,11 @@ def compile_schema(document: dict[str, Any], common: dict[str, Any] | None = Non
         raise SchemaError(f"{name}: schema must define properties.data.properties")
     bundled = copy.deepcopy(document)
     bundled.setdefault("$defs", {}).update(copy.deepcopy(common if common is not None else _load_common()))
-    rules = {k: _tensor_rule(v) for k, v in props.items() if isinstance(v, dict) and _is_tensor_property(v)}
+    rules = {
+        k: _tensor_rule(f"{name} field {k!r}", v)
+        for k, v in props.items()
+        if isinstance(v, dict) and _is_tensor_property(v)
+    }
     fast = copy.deepcopy(data)
     for key in rules:
         fast["properties"][key] = {"type": "object"}
@@ -194,6 +231,8 @@ class SchemaRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._schemas: dict[tuple[str, int], CompiledSchema] = {}
+        #: (name, version string as sent) -> schema: the decoder's cache (oni.codec._lookup_schema).
+        self.by_version: dict[tuple[str, str], CompiledSchema] = {}
         self._common = _load_common()
 
     @classmethod
@@ -222,14 +261,15 @@ class SchemaRegistry:
                     if current.document != compiled.document:
                         raise SchemaError(f"{compiled.name} {compiled.version} is already registered with other content")
                     return current
-                problems = check_compatible(current.document, compiled.document)
+                # An older minor (a node built against it) is fine if the current one is a compatible successor.
+                old, new = (compiled, current) if compiled.minor < current.minor else (current, compiled)
+                problems = check_compatible(old.document, new.document)
                 if problems:
-                    raise SchemaError(
-                        f"{compiled.name} {current.version} -> {compiled.version} is not compatible: " + "; ".join(problems)
-                    )
+                    raise SchemaError(f"{compiled.name} {old.version} -> {new.version} is not compatible: " + "; ".join(problems))
                 if compiled.minor < current.minor:
                     return current
             self._schemas[key] = compiled
+            self.by_version.clear()  # a new minor replaces what cached versions resolve to
             return compiled
 
     def get(self, name: str, major: int, topic: str | None = None) -> CompiledSchema:

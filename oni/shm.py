@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class ShmConfig:
     (copied in, unless they were loaned); smaller ones travel in the message.
     """
 
-    slots: int = 8
+    slots: int = 16
     slot_bytes: int = 8 * 1024 * 1024
     min_bytes: int = 64 * 1024
 
@@ -58,6 +59,14 @@ class ShmConfig:
             raise ValueError(f"shm slots must be >= 2, got {self.slots}")
         if self.slot_bytes < 1:
             raise ValueError(f"shm slot_bytes must be >= 1, got {self.slot_bytes}")
+
+
+class ShmDescriptor(dict):
+    """A published slot's tensor descriptor (``dtype``, ``shape``, ``encoding``, ``shm``).
+
+    Its own type, so the encoder passes exactly these through into a message and nothing else that
+    happens to be a dict.
+    """
 
 
 class ShmRing:
@@ -103,20 +112,20 @@ class ShmRing:
         entry = self._loans.get(id(array))
         return entry is not None and entry[1] is array
 
-    def commit(self, array: np.ndarray) -> dict[str, Any]:
+    def commit(self, array: np.ndarray) -> ShmDescriptor:
         """Publish a loaned array: returns its descriptor. Raises ``KeyError`` if it is not an open loan."""
         slot, loaned = self._loans.pop(id(array))
         if loaned is not array:
             raise KeyError("array is not an open loan of this ring")
         self._gens[slot] += 1  # even: published
-        return {
-            "dtype": dtype_name(array.dtype),
-            "shape": list(array.shape),
-            "encoding": "raw",
-            "shm": {"segment": self.name, "slot": slot, "gen": int(self._gens[slot]), "offset": self._data_at + slot * self._stride},
-        }
+        return ShmDescriptor(
+            dtype=dtype_name(array.dtype),
+            shape=list(array.shape),
+            encoding="raw",
+            shm={"segment": self.name, "slot": slot, "gen": int(self._gens[slot]), "offset": self._data_at + slot * self._stride},
+        )
 
-    def copy_in(self, array: np.ndarray) -> dict[str, Any]:
+    def copy_in(self, array: np.ndarray) -> ShmDescriptor:
         """Copy an ordinary array into the next slot and return its descriptor (one copy instead of two)."""
         target = self.loan(array.shape, array.dtype)
         np.copyto(target, array)
@@ -164,22 +173,27 @@ class ShmReader:
         if seg is not None:
             return seg
         if len(self._segments) >= self._max:
+            # Forget segments whose producer is gone (its file unlinked); views of them stay mapped.
+            for gone in [n for n in self._segments if not os.path.exists(os.path.join(SHM_DIR, n))]:
+                del self._segments[gone]
+        if len(self._segments) >= self._max:
             raise TensorMismatch(f"shared memory: more than {self._max} segments mapped; refusing {name!r}")
         path = os.path.join(SHM_DIR, name)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: a FIFO must not hang the reader
         except OSError as exc:
             raise TensorMismatch(f"shared memory segment {name!r} cannot be opened: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER.size:
-                raise TensorMismatch(f"shared memory segment {name!r} is too small to be an ONI ring")
+            info = os.fstat(fd)
+            size = info.st_size
+            if not stat.S_ISREG(info.st_mode) or size < _HEADER.size:
+                raise TensorMismatch(f"shared memory segment {name!r} is not an ONI ring (not a regular file, or too small)")
             mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        magic, _version, slots, slot_bytes = _HEADER.unpack_from(mapped, 0)
+        magic, version, slots, slot_bytes = _HEADER.unpack_from(mapped, 0)
         gens_at, data_at, stride = _layout(slots, slot_bytes)
-        if magic != _MAGIC or data_at + stride * slots > size:
+        if magic != _MAGIC or version != 1 or data_at + stride * slots > size:
             mapped.close()
             raise TensorMismatch(f"shared memory segment {name!r} is not an ONI ring")
         gens = np.frombuffer(mapped, dtype="<u8", count=slots, offset=gens_at)

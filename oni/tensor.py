@@ -46,6 +46,9 @@ MAX_ELEMENTS = 1 << 31
 
 def dtype_name(dtype: np.dtype) -> str:
     """The ONI wire name of a numpy dtype; raises :class:`EncodeError` for one ONI does not carry."""
+    name = _DTYPE_NAMES.get(dtype)  # native-order dtypes: one dict lookup (this runs on every tensor sent)
+    if name is not None:
+        return name
     try:
         return _DTYPE_NAMES[np.dtype(dtype).newbyteorder("=")]
     except KeyError:
@@ -134,8 +137,10 @@ def encode_tensor(value: TensorLike) -> tuple[dict[str, Any], Any]:
         return {"dtype": dtype_name(array.dtype), "shape": list(array.shape), "encoding": "png"}, data
     array = np.asarray(value)
     name = dtype_name(array.dtype)
+    if array.flags.c_contiguous and array.ndim and array.size and array.dtype.byteorder != ">":
+        return {"dtype": name, "shape": list(array.shape), "encoding": "raw"}, array.data.cast("B")
     if array.dtype.byteorder == ">" or not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array, dtype=DTYPES[name])
+        array = np.asarray(array, dtype=DTYPES[name], order="C")  # not ascontiguousarray: it makes 0-d 1-d
     buf = array.data.cast("B") if array.ndim and array.size else array.tobytes()  # memoryview cannot cast 0-d/empty
     return {"dtype": name, "shape": list(array.shape), "encoding": "raw"}, buf
 
@@ -214,13 +219,18 @@ def check_descriptor(desc: dict[str, Any], rule: Any, field: str) -> None:
             or not all(type(where.get(k)) is int and where[k] >= 0 for k in ("slot", "gen", "offset"))
         ):
             raise TensorMismatch(f"field {field!r}: shm must be {{segment, slot, gen, offset}}, got {where!r:.200}")
-    if encoding == "quantized":
-        scale, zero_point, qdtype = desc.get("scale"), desc.get("zero_point"), desc.get("qdtype")
-        if dtype not in FLOAT_DTYPES or qdtype not in QUANT_DTYPES:
-            raise TensorMismatch(f"field {field!r}: quantized needs a float dtype and qdtype in {QUANT_DTYPES}")
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0 or scale == float("inf"):
-            raise TensorMismatch(f"field {field!r}: quantization scale must be a finite number > 0, got {scale!r}")
-        if type(zero_point) is not int:
-            raise TensorMismatch(f"field {field!r}: zero_point must be an integer, got {zero_point!r}")
-    elif encoding == "png" and (dtype not in ("uint8", "uint16") or len(shape) not in (2, 3)):
+    # The quantization keys are required for `quantized`, and (as in the schema) well typed wherever they appear.
+    quantized = encoding == "quantized"
+    scale, zero_point, qdtype = desc.get("scale"), desc.get("zero_point"), desc.get("qdtype")
+    if quantized and dtype not in FLOAT_DTYPES:
+        raise TensorMismatch(f"field {field!r}: quantized needs a float dtype, got {dtype}")
+    if (quantized or "qdtype" in desc) and qdtype not in QUANT_DTYPES:
+        raise TensorMismatch(f"field {field!r}: qdtype must be one of {QUANT_DTYPES}, got {qdtype!r}")
+    if (quantized or "scale" in desc) and (
+        not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0 or scale == float("inf")
+    ):
+        raise TensorMismatch(f"field {field!r}: quantization scale must be a finite number > 0, got {scale!r}")
+    if (quantized or "zero_point" in desc) and type(zero_point) is not int:
+        raise TensorMismatch(f"field {field!r}: zero_point must be an integer, got {zero_point!r}")
+    if encoding == "png" and (dtype not in ("uint8", "uint16") or len(shape) not in (2, 3)):
         raise TensorMismatch(f"field {field!r}: png carries uint8/uint16 images of 2 or 3 dimensions")

@@ -42,11 +42,20 @@ from oni.errors import (
     PayloadTooLarge,
     RejectedMessage,
     SecurityError,
+    WrongType,
 )
 from oni.message import Header, Message, new_trace_id, now_ns
 from oni.qos import QosProfile
 from oni.schema import SchemaRegistry
-from oni.security import PRIVILEGED_TOPICS, ClientSecurity, Security, ServerSecurity, apply, handshake_error
+from oni.security import (
+    PRIVILEGED_TOPICS,
+    ClientSecurity,
+    HandshakeMonitor,
+    Security,
+    ServerSecurity,
+    apply,
+    handshake_error,
+)
 from oni.shm import ShmConfig, ShmReader, ShmRing
 
 log = logging.getLogger("oni.transport")
@@ -54,9 +63,6 @@ log = logging.getLogger("oni.transport")
 HELLO_PREFIX = b"\x00oni.hello"
 #: Default ZeroMQ queue bound per peer, in messages (each side). Memory use is up to this many messages.
 DEFAULT_HWM = 1000
-_MONITOR_EVENTS = (
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
 _LATENCY_WINDOW = 1024
 
 
@@ -76,30 +82,16 @@ def _spec(topic: str, value: TopicSpec | QosProfile | str) -> TopicSpec:
     return TopicSpec(value, topic)
 
 
+def _same_host(endpoint: str) -> bool:
+    """True for endpoints that can only reach this host (where shared-memory descriptors resolve)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+    return host in ("localhost", "[::1]", "::1", "lo") or host.startswith("127.")
+
+
 def _default_context() -> zmq.Context:
     return zmq.Context.instance()
-
-
-class _Monitor:
-    """Watches a socket's handshakes so security mistakes surface as errors instead of silence."""
-
-    def __init__(self, socket: zmq.Socket) -> None:
-        self._socket = socket.get_monitor_socket(_MONITOR_EVENTS)
-        self.failures: list[tuple[int, int, str]] = []
-
-    def drain(self) -> list[tuple[int, int, str]]:
-        from zmq.utils.monitor import recv_monitor_message
-
-        new = []
-        while self._socket.poll(0):
-            event = recv_monitor_message(self._socket)
-            endpoint = event["endpoint"].decode(errors="replace") if isinstance(event["endpoint"], bytes) else str(event["endpoint"])
-            new.append((event["event"], event["value"], endpoint))
-        self.failures.extend(new)
-        return new
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
 
 
 @dataclass
@@ -151,10 +143,17 @@ class Publisher:
         self._socket.linger = 0
         self._socket.sndhwm = hwm
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+        # Every (un)subscription reaches us, so subscribers can be counted by their hello subscription.
+        self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)
+        self._subscribers = 0
         self._allow = apply(self._socket, security)
-        self._secured = security is not None
+        self._security = security
+        self._bound = bind
         self._socket.setsockopt(zmq.XPUB_WELCOME_MSG, HELLO_PREFIX + msgpack.packb(self._hello(security), use_bin_type=True))
-        self._monitor = _Monitor(self._socket)
+        self._monitor = HandshakeMonitor(self._socket)
+        if shm is not None and not _same_host(endpoint):
+            raise ValueError(f"shared memory needs publisher and subscribers on one host: use ipc://, inproc:// "
+                             f"or tcp://127.0.0.1, not {endpoint}")
         self._ring = ShmRing(shm, prefix=f"oni-{source}") if shm is not None else None
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLOUT)
@@ -282,16 +281,51 @@ class Publisher:
                     continue
         return False
 
-    def _housekeeping(self) -> None:
-        # Subscription notices queue up on an XPUB socket; read them so they never fill its buffer.
+    def _read_subscriptions(self) -> None:
+        # Subscription notices queue up on an XPUB socket; read them so they never fill its buffer. Each
+        # subscriber subscribes to the hello prefix exactly once, so those notices count subscribers.
         while self._socket.poll(0, zmq.POLLIN):
-            self._socket.recv(zmq.NOBLOCK)
-        for event, value, endpoint in self._monitor.drain():
-            log.error("%s", handshake_error(event, value, endpoint, self._secured))
+            notice = self._socket.recv(zmq.NOBLOCK)
+            if notice[1:] == HELLO_PREFIX:
+                self._subscribers += notice[:1] == b"\x01"
+
+    @property
+    def subscribers(self) -> int:
+        """ONI subscribers that have joined since this publisher started.
+
+        libzmq reports a subscriber's arrival but not its departure, so this never goes down on a disconnect.
+        """
+        self._read_subscriptions()
+        return self._subscribers
+
+    def wait_for_subscribers(self, count: int = 1, timeout_s: float = 5.0) -> bool:
+        """Wait until at least ``count`` subscribers have joined; False if ``timeout_s`` passes first.
+
+        ZeroMQ connects asynchronously: messages published before a subscriber's subscription arrives are
+        not delivered to it. Waiting here is how a publisher avoids losing its first messages.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.subscribers < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._socket.poll(min(left, 0.05) * 1000.0, zmq.POLLIN)
+        return True
+
+    def _housekeeping(self) -> None:
+        self._read_subscriptions()
+        failures = self._monitor.drain()
+        if failures:
+            # The newest failure stands for the burst: a misconfigured peer retries every 100 ms.
+            event, value, endpoint = failures[-1]
+            error = handshake_error(event, value, endpoint, self._security, bound=self._bound)
+            log.error("%s (%d failed handshakes since the last report)", error, len(failures))
 
     def close(self) -> None:
         self._monitor.close()
         self._socket.close(linger=0)
+        if self._allow is not None:
+            self._allow.release()
         if self._ring is not None:
             self._ring.close()
 
@@ -407,7 +441,7 @@ class Subscriber:
         self._allow = apply(self._socket, security)
         self._security = security
         self._socket.setsockopt(zmq.SUBSCRIBE, HELLO_PREFIX)
-        self._monitor = _Monitor(self._socket)
+        self._monitor = HandshakeMonitor(self._socket)
         self._subs: dict[str, _Subscription] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
         self._publisher_qos: dict[tuple[str, str], tuple[str, QosProfile]] = {}
@@ -416,6 +450,8 @@ class Subscriber:
         self._shm = ShmReader()
         self.unattributed_rejects = 0
         self.endpoints: list[str] = []
+        self._connected: set[str] = set()
+        self.peer_handshake_failures = 0  # peers that failed to connect to our bound endpoints
 
     # -- wiring ------------------------------------------------------------------------------------------
     def subscribe(self, topic: str, qos: QosProfile | str, schema: str | None = None) -> None:
@@ -440,10 +476,13 @@ class Subscriber:
             now_ns() + int(profile.deadline_ms * 1e6) if profile.deadline_ms else 0,
         )
         self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        for key in [k for k in self._publisher_qos if k[0] == topic]:
+            self._check_offer(key)  # publishers that said hello before this subscription existed
 
     def connect(self, endpoint: str) -> None:
         self._socket.connect(endpoint)
         self.endpoints.append(endpoint)
+        self._connected.add(endpoint)
 
     def bind(self, endpoint: str) -> str:
         """Listen (publishers connect to us); returns the bound endpoint (with the port picked for ``:*``)."""
@@ -519,7 +558,7 @@ class Subscriber:
         except zmq.Again:
             return None
         frames: list[Any] = [first]
-        while self._socket.rcvmore:
+        while self._socket.getsockopt(zmq.RCVMORE):  # not .rcvmore: pyzmq's attribute lookup costs ~2 us
             frames.append(self._socket.recv(copy=False))
         recv_ns = now_ns()
         if first.startswith(HELLO_PREFIX) and len(frames) == 1:
@@ -551,14 +590,12 @@ class Subscriber:
         msg = decode_body(body, tensor_frames, sub.topic, self._registry, self._shm.resolve)
         header = msg.header
         if header.schema != sub.schema:
-            raise IncompatibleQos(
-                f"carries schema {header.schema!r}, this subscription expects {sub.schema!r}", policy="type"
-            )
+            raise WrongType(f"carries schema {header.schema!r}, this subscription expects {sub.schema!r}")
         key = (sub.topic, header.source)
         if key in self._refused:
             raise IncompatibleQos(f"publisher {header.source!r} has an incompatible QoS", policy="qos")
         last = self._last_seq.get(key)
-        if last is not None and header.seq != 0:
+        if last is not None:
             if header.seq == last:
                 raise DuplicateSeq(f"seq {header.seq} from {header.source!r} was already delivered")
             if header.seq < last:
@@ -599,22 +636,25 @@ class Subscriber:
             self.unattributed_rejects += 1
             log.warning("unreadable publisher hello: %s: %s", type(exc).__name__, exc)
             return
-        for topic, sub in self._subs.items():
-            if topic not in offered:
-                continue
-            schema, pub_qos = offered[topic]
+        for topic, offer in offered.items():
             key = (topic, source)
-            self._publisher_qos[key] = (schema, pub_qos)
-            problems = qos_mod.check_compatible(pub_qos, sub.qos)
-            if problems:
-                self._refused.add(key)
-                detail = "; ".join(f"{policy}: {why}" for policy, why in problems)
-                log.error("%s: publisher %r has incompatible QoS (%s); its messages will be refused", topic, source, detail)
-                if self._on_event:
-                    self._on_event(topic, "incompatible_qos", detail)
-            else:
-                self._refused.discard(key)
-                self._last_seq.pop(key, None)  # a (re)connecting publisher starts a new seq run
+            self._publisher_qos[key] = offer
+            self._last_seq.pop(key, None)  # a (re)connecting publisher starts a new seq run
+            if topic in self._subs:
+                self._check_offer(key)
+
+    def _check_offer(self, key: tuple[str, str]) -> None:
+        """Refuse (loudly) or accept the publisher ``key = (topic, source)`` for our subscription's QoS."""
+        topic, source = key
+        problems = qos_mod.check_compatible(self._publisher_qos[key][1], self._subs[topic].qos)
+        if not problems:
+            self._refused.discard(key)
+            return
+        self._refused.add(key)
+        detail = "; ".join(f"{policy}: {why}" for policy, why in problems)
+        log.error("%s: publisher %r has incompatible QoS (%s); its messages will be refused", topic, source, detail)
+        if self._on_event:
+            self._on_event(topic, "incompatible_qos", detail)
 
     def incompatibilities(self) -> dict[tuple[str, str], list[tuple[str, str]]]:
         """For each refused ``(topic, source)``, the ``(policy, reason)`` pairs of the QoS mismatch."""
@@ -635,14 +675,26 @@ class Subscriber:
                     self._on_event(sub.topic, "deadline_missed", f"no message for {sub.qos.deadline_ms} ms")
 
     def _check_security(self) -> None:
-        failures = self._monitor.drain()
-        if failures:
-            event, value, endpoint = failures[-1]
-            raise handshake_error(event, value, endpoint, self._security is not None)
+        raised = None
+        for event, value, endpoint in self._monitor.drain():
+            # Monitor events name the endpoint we connected to as we spelled it; anything else is a peer that
+            # connected to one of our bound endpoints. That peer is misconfigured (or hostile): report it, but
+            # never let it make our recv() fail.
+            error = handshake_error(event, value, endpoint, self._security, bound=endpoint not in self._connected)
+            if not error.bound:
+                raised = error
+                continue
+            self.peer_handshake_failures += 1
+            if self.peer_handshake_failures & (self.peer_handshake_failures - 1) == 0:
+                log.warning("%s (%d so far)", error, self.peer_handshake_failures)
+        if raised is not None:
+            raise raised
 
     def close(self) -> None:
         self._monitor.close()
         self._socket.close(linger=0)
+        if self._allow is not None:
+            self._allow.release()
         self._shm.close()
 
     def __enter__(self) -> "Subscriber":

@@ -77,7 +77,7 @@ def test_schema_mismatch_on_a_topic_is_rejected(context):
         pub.publish("odd", lidar_data())
         pub.publish("sensor.lidar", lidar_data())
         assert sub.recv(timeout_ms=2000).topic == "sensor.lidar"
-        assert sub.stats["odd"].rejects == {"incompatible_qos": 1}
+        assert sub.stats["odd"].rejects == {"wrong_type": 1}
         assert "sensor.odom" in sub.stats["odd"].last_reject
 
 

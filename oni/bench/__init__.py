@@ -1,0 +1,1 @@
+"""Benchmarks of the message layer (``oniwm bench transport``); not imported by ``oni`` itself."""
