@@ -64,6 +64,7 @@ HELLO_PREFIX = b"\x00oni.hello"
 #: Default ZeroMQ queue bound per peer, in messages (each side). Memory use is up to this many messages.
 DEFAULT_HWM = 1000
 _LATENCY_WINDOW = 1024
+_EMPTY = object()  # Subscriber._recv_one: the socket had nothing
 
 
 @dataclass(frozen=True)
@@ -510,8 +511,10 @@ class Subscriber:
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
             msg = self._recv_one(zmq.NOBLOCK)
-            if msg is not None:
-                return msg
+            if msg is not _EMPTY:
+                if msg is not None:
+                    return msg
+                continue  # a hello or a rejected message was consumed: more may be queued behind it
             self._check_deadlines()
             self._check_security()
             left = None if deadline is None else (deadline - time.monotonic()) * 1000.0
@@ -529,7 +532,7 @@ class Subscriber:
             self._check_deadlines()
             self._check_security()
             return 0
-        while (msg := self._recv_one(zmq.NOBLOCK)) is not None or self._socket.poll(0, zmq.POLLIN):
+        while (msg := self._recv_one(zmq.NOBLOCK)) is not _EMPTY:
             if msg is None:
                 continue
             sub = self._subs[msg.topic]
@@ -538,6 +541,7 @@ class Subscriber:
             sub.history.append(msg)
             count += 1
         self._check_deadlines()
+        self._check_security()
         return count
 
     def take(self, topic: str) -> list[Message]:
@@ -552,11 +556,13 @@ class Subscriber:
             out = fresh
         return out
 
-    def _recv_one(self, flags: int) -> Message | None:
+    def _recv_one(self, flags: int) -> Message | None | object:
+        """One message off the socket: the accepted Message, None if it was consumed but not delivered (a
+        hello, a reject, another topic), or ``_EMPTY`` when nothing was waiting."""
         try:
             first = self._socket.recv(flags)
         except zmq.Again:
-            return None
+            return _EMPTY
         frames: list[Any] = [first]
         while self._socket.getsockopt(zmq.RCVMORE):  # not .rcvmore: pyzmq's attribute lookup costs ~2 us
             frames.append(self._socket.recv(copy=False))

@@ -289,6 +289,21 @@ def golden_cases() -> list[GoldenCase]:
             },
             "lists of strings, a float64 tensor, a stop",
         ),
+        GoldenCase(
+            "env_observation",
+            "env.observation",
+            17,
+            {"observation": rng.normal(0.0, 1.0, 17).astype(np.float32), "reward": -0.25, "terminated": False,
+             "truncated": True, "episode_step": 1000},
+            "a gymnasium adapter observation: float32 vector and episode flags",
+        ),
+        GoldenCase(
+            "env_action",
+            "env.action",
+            18,
+            {"action": np.array([0.5, -1.0, 0.0, 1.0, 0.25, -0.75], np.float32), "clipped": True, "rejected": False},
+            "a gymnasium adapter action as applied",
+        ),
     ]
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "keys": "oni.cli.keys",
     "record": "oni.cli.record",
     "replay": "oni.cli.record",
+    "sim": "sim.cli",
 }
 #: ``oniwm bench NAME`` -> module that registers it.
 BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport"}

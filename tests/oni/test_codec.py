@@ -58,6 +58,8 @@ CORE_TOPICS = (
     "prediction.pose",
     "diag.runtime",
     "sim.ground_truth",
+    "env.observation",
+    "env.action",
 )
 
 
@@ -429,6 +431,9 @@ SAMPLES: dict[str, dict] = {
         "x_m": 1.5, "y_m": -0.25, "yaw_rad": 0.5, "v_mps": 0.3, "lateral_mps": 0.0, "omega_radps": 0.1,
         "in_collision": False, "collisions": 0, "goal_distance_m": 12.5,
     },
+    "env.observation": {"observation": rng0.normal(0.0, 1.0, 17).astype(np.float32), "reward": -0.25,
+                        "terminated": False, "truncated": True, "episode_step": 1000},
+    "env.action": {"action": np.array([0.5, -1.0, 0.0, 1.0, 0.25, -0.75], np.float32), "clipped": True, "rejected": False},
 }
 
 
