@@ -63,7 +63,10 @@ ShmResolver = Callable[[Mapping[str, Any], Mapping[str, Any], str], tuple[np.nda
 
 
 def _pack_value(key: str, value: Any, frames: list[Any] | None, inline_max: int) -> Any:
-    if isinstance(value, (np.ndarray, *_TENSOR_WRAPPERS)):
+    kind = type(value)
+    if kind is float or kind is int or kind is str or kind is bool:  # the common case first: it runs per field
+        return value
+    if kind is np.ndarray or isinstance(value, (np.ndarray, *_TENSOR_WRAPPERS)):
         desc, buf = encode_tensor(value)
         if frames is None or memoryview(buf).nbytes < inline_max:
             desc["data"] = buf
@@ -200,8 +203,9 @@ def decode_body(
                 if exc.topic is not None:
                     raise
                 raise type(exc)(str(exc), topic=topic) from None
-            if value["dtype"] in FLOAT_DTYPES and key not in schema.nonfinite_ok and array.size:
-                _check_finite_array(array, key, topic)
+            # Shared-memory tensors were checked by their producer (see oni.transport.Publisher._to_shm).
+            if value["dtype"] in FLOAT_DTYPES and key not in schema.nonfinite_ok and array.size and "shm" not in value:
+                check_finite_array(array, key, topic)
             data[key] = array
         else:
             if isinstance(value, float) and not math.isfinite(value) and key not in schema.nonfinite_ok:
@@ -252,7 +256,8 @@ def _decode_tensor_field(
     return array
 
 
-def _check_finite_array(array: np.ndarray, key: str, topic: str) -> None:
+def check_finite_array(array: np.ndarray, key: str, topic: str) -> None:
+    """Raise :class:`NonFiniteValue` naming ``key`` if ``array`` (a float tensor) holds NaN or Inf."""
     # numpy's vectorised isfinite makes the exact test the fastest for float32 (4-7x a float64 sum on a
     # 1-4 MB tensor, numpy 2.x) and float64 (even). float16 has no vectorised isfinite; there a float64
     # sum, NaN/Inf iff some element is (float16 values cannot overflow it), stays faster.

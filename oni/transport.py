@@ -30,7 +30,15 @@ import numpy as np
 import zmq
 
 from oni import qos as qos_mod
-from oni.codec import DEFAULT_MAX_MESSAGE_BYTES, INLINE_MAX_BYTES, DecodeLimits, _unpack_body, decode_body, encode
+from oni.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INLINE_MAX_BYTES,
+    DecodeLimits,
+    _unpack_body,
+    check_finite_array,
+    decode_body,
+    encode,
+)
 from oni.errors import (
     BackpressureTimeout,
     DuplicateSeq,
@@ -81,6 +89,14 @@ def _spec(topic: str, value: TopicSpec | QosProfile | str) -> TopicSpec:
     if isinstance(value, str):
         return TopicSpec(qos_mod.preset(value), topic)
     return TopicSpec(value, topic)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _same_host(endpoint: str) -> bool:
@@ -220,7 +236,7 @@ class Publisher:
         if self._ring is not None:
             data = self._to_shm(topic, data)
         seq = self._seq[topic]
-        pub = now_ns()
+        pub = time.time_ns()
         header = Header(
             spec.schema,
             self._versions[topic],
@@ -253,21 +269,45 @@ class Publisher:
         return header
 
     def _to_shm(self, topic: str, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Replace loaned (and large) arrays by shared-memory descriptors.
+
+        Float tensors are checked for NaN/Inf here, by the producer, and a bad one is refused with
+        :class:`NonFiniteValue`: a receiver cannot usefully check memory its producer still owns (it could be
+        written after any check), so for shared memory the finiteness rule is the producer's, and receivers
+        skip the scan of the whole tensor (docs/oni-v1.md, "Shared memory").
+        """
         ring = self._ring
+        nonfinite_ok = self._registry.latest(self._specs[topic].schema).nonfinite_ok
         out = None
         for key, value in data.items():
             if isinstance(value, np.ndarray) and (ring.is_loaned(value) or value.nbytes >= ring.config.min_bytes):
                 if not ring.is_loaned(value) and value.nbytes > ring.config.slot_bytes:
                     continue  # too large for a slot: travels as a frame
+                if value.dtype.kind == "f" and key not in nonfinite_ok and value.size:
+                    check_finite_array(value, key, topic)
                 if out is None:
                     out = dict(data)
                 out[key] = ring.commit(value) if ring.is_loaned(value) else ring.copy_in(value)
                 self.stats[topic].shm += 1
         return data if out is None else out
 
+    def _send_now(self, frames: list[Any]) -> None:
+        """Send without waiting; raises ``zmq.Again`` when the queue is full.
+
+        Part by part rather than send_multipart: the topic and body are small bytes, sent by copy (a zero-copy
+        Frame costs more than copying them), and only tensor frames go zero-copy. ZeroMQ checks the queue on
+        the first part only, so once it is accepted the rest of the message is too.
+        """
+        sock = self._socket
+        last = len(frames) - 1
+        sock.send(frames[0], zmq.NOBLOCK | zmq.SNDMORE)
+        sock.send(frames[1], zmq.NOBLOCK | (zmq.SNDMORE if last > 1 else 0))
+        for i in range(2, last + 1):
+            sock.send(frames[i], zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0), copy=False)
+
     def _send(self, frames: list[Any], qos: QosProfile) -> bool:
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._send_now(frames)
             return True
         except zmq.Again:
             if qos.reliability == "best_effort" or qos.max_blocking_ms <= 0:
@@ -276,7 +316,7 @@ class Publisher:
         while (left := deadline - time.monotonic()) > 0:
             if self._poller.poll(left * 1000.0):
                 try:
-                    self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    self._send_now(frames)
                     return True
                 except zmq.Again:
                     continue
@@ -444,6 +484,7 @@ class Subscriber:
         self._socket.setsockopt(zmq.SUBSCRIBE, HELLO_PREFIX)
         self._monitor = HandshakeMonitor(self._socket)
         self._subs: dict[str, _Subscription] = {}
+        self._subs_by_frame: dict[bytes, _Subscription] = {}  # keyed by the topic frame: no decode per message
         self._last_seq: dict[tuple[str, str], int] = {}
         self._publisher_qos: dict[tuple[str, str], tuple[str, QosProfile]] = {}
         self._refused: set[tuple[str, str]] = set()
@@ -476,6 +517,7 @@ class Subscriber:
             int(profile.lifespan_ms * 1e6) if profile.lifespan_ms else None,
             now_ns() + int(profile.deadline_ms * 1e6) if profile.deadline_ms else 0,
         )
+        self._subs_by_frame[topic.encode()] = self._subs[topic]
         self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         for key in [k for k in self._publisher_qos if k[0] == topic]:
             self._check_offer(key)  # publishers that said hello before this subscription existed
@@ -559,41 +601,41 @@ class Subscriber:
     def _recv_one(self, flags: int) -> Message | None | object:
         """One message off the socket: the accepted Message, None if it was consumed but not delivered (a
         hello, a reject, another topic), or ``_EMPTY`` when nothing was waiting."""
+        sock = self._socket
         try:
-            first = self._socket.recv(flags)
+            first = sock.recv(flags)
         except zmq.Again:
             return _EMPTY
-        frames: list[Any] = [first]
-        while self._socket.getsockopt(zmq.RCVMORE):  # not .rcvmore: pyzmq's attribute lookup costs ~2 us
-            frames.append(self._socket.recv(copy=False))
-        recv_ns = now_ns()
-        if first.startswith(HELLO_PREFIX) and len(frames) == 1:
-            self._hello(first[len(HELLO_PREFIX):])
-            return None
-        try:
-            topic = first.decode()
-        except UnicodeDecodeError:
-            self.unattributed_rejects += 1
-            return None
-        sub = self._subs.get(topic)
+        # getsockopt, not .rcvmore: pyzmq's attribute lookup costs ~2 us. The body is small (large tensors
+        # have their own frames), so it is received as bytes: cheaper than a zero-copy Frame object.
+        body = sock.recv() if sock.getsockopt(zmq.RCVMORE) else None
+        tensors: list[Any] = []
+        while sock.getsockopt(zmq.RCVMORE):
+            tensors.append(sock.recv(copy=False).buffer)
+        recv_ns = time.time_ns()
+        sub = self._subs_by_frame.get(first)
         if sub is None:
-            return None  # a topic sharing our prefix: not ours
+            if body is None and first.startswith(HELLO_PREFIX):
+                self._hello(first[len(HELLO_PREFIX):])
+            elif body is None or not _is_utf8(first):
+                self.unattributed_rejects += 1  # junk that names none of our topics
+            return None  # else a topic sharing a subscribed prefix: not ours
         try:
-            msg = self._accept(sub, frames, recv_ns)
+            if body is None:
+                raise MalformedFrame("an ONI message has at least 2 frames (topic, body), got 1")
+            msg = self._accept(sub, first, body, tensors, recv_ns)
         except RejectedMessage as exc:
             self._reject(sub, exc)
             return None
         return msg
 
-    def _accept(self, sub: _Subscription, frames: list[Any], recv_ns: int) -> Message:
-        if len(frames) < 2:
-            raise MalformedFrame(f"an ONI message has at least 2 frames (topic, body), got {len(frames)}")
-        total = len(frames[0]) + sum(len(f) for f in frames[1:])
+    def _accept(self, sub: _Subscription, first: bytes, body: bytes, tensors: list[Any], recv_ns: int) -> Message:
+        total = len(first) + len(body)
+        for buf in tensors:
+            total += buf.nbytes
         if total > self._limits.max_message_bytes:
             raise PayloadTooLarge(f"message is {total} bytes, limit is {self._limits.max_message_bytes}")
-        tensor_frames = [f.buffer for f in frames[2:]]
-        body = _unpack_body(frames[1].buffer, sub.topic)
-        msg = decode_body(body, tensor_frames, sub.topic, self._registry, self._shm.resolve)
+        msg = decode_body(_unpack_body(body, sub.topic), tensors, sub.topic, self._registry, self._shm.resolve)
         header = msg.header
         if header.schema != sub.schema:
             raise WrongType(f"carries schema {header.schema!r}, this subscription expects {sub.schema!r}")
@@ -601,14 +643,14 @@ class Subscriber:
         if key in self._refused:
             raise IncompatibleQos(f"publisher {header.source!r} has an incompatible QoS", policy="qos")
         last = self._last_seq.get(key)
-        if last is not None:
+        if last is None:
+            sub.stats.publishers += 1
+        elif header.seq != last + 1:
             if header.seq == last:
                 raise DuplicateSeq(f"seq {header.seq} from {header.source!r} was already delivered")
             if header.seq < last:
                 raise OutOfOrderSeq(f"seq {header.seq} from {header.source!r} arrived after seq {last}")
             sub.stats.gaps += header.seq - last - 1
-        elif last is None:
-            sub.stats.publishers += 1
         self._last_seq[key] = header.seq
         if sub.lifespan_ns is not None and recv_ns - header.pub_ns > sub.lifespan_ns:
             sub.stats.expired += 1

@@ -39,6 +39,8 @@ import msgpack
 import numpy as np
 import zmq
 
+from oni.shm import ShmConfig
+
 #: Implementations, in report order, with the transports each is measured on.
 TRANSPORTS: dict[str, tuple[str, ...]] = {
     "oni": ("ipc", "tcp", "shm"),
@@ -57,8 +59,8 @@ ZENOH_KEY = "oni/bench/payload"
 ZMQ_HWM = 10_000
 #: Tensors of at least this many bytes go through the shared-memory ring when the transport is ``shm``.
 SHM_MIN_BYTES = 64 * 1024
-#: Slots of the benchmark's shared-memory ring (ONI's default).
-SHM_SLOTS = 8
+#: Slots of the benchmark's shared-memory ring: ONI's default.
+SHM_SLOTS = ShmConfig().slots
 #: How long a reliable publish may wait for queue space before it counts as not sent (ms).
 MAX_BLOCKING_MS = 5000.0
 #: Header of the zenoh payload: seq, pub_ns (little-endian int64).
@@ -175,7 +177,6 @@ class OniSender:
     """
 
     def __init__(self, spec: PeerSpec) -> None:
-        from oni.shm import ShmConfig
         from oni.transport import Publisher
 
         shm = None
