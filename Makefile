@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,bench
+EXTRAS ?= dev,bench,sim,train,export
 STAMP := $(VENV)/.installed
 
 .PHONY: run test venv bench-transport fuzz clean
