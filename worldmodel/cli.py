@@ -21,10 +21,11 @@ COMMANDS: dict[str, str] = {
     "keys": "oni.cli.keys",
     "record": "oni.cli.record",
     "replay": "oni.cli.record",
+    "collect": "train.cli",
     "sim": "sim.cli",
 }
 #: ``oniwm bench NAME`` -> module that registers it.
-BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport"}
+BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport", "sim": "sim.bench"}
 
 
 def _modules(table: dict[str, str], wanted: str | None) -> list[str]:
