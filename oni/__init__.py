@@ -4,8 +4,8 @@
 The specification is docs/oni-v1.md.
 """
 
-from oni.message import Header, Message, new_trace_id, now_ns
 from oni import qos
+from oni.message import Header, Message, new_trace_id, now_ns
 from oni.qos import QosProfile
 from oni.tensor import Png, Quantized
 from oni.transport import Publisher, Subscriber, TopicSpec

@@ -34,7 +34,14 @@ from oni.errors import (
 from oni.message import HEADER_FIELDS, WIRE_VERSION, Header, Message
 from oni.schema import CompiledSchema, SchemaRegistry, parse_version
 from oni.shm import ShmDescriptor
-from oni.tensor import FLOAT_DTYPES, Png, Quantized, check_descriptor, decode_tensor, encode_tensor
+from oni.tensor import (
+    FLOAT_DTYPES,
+    Png,
+    Quantized,
+    check_descriptor,
+    decode_tensor,
+    encode_tensor,
+)
 
 #: Tensors below this many bytes go inline in the body; larger ones get their own zero-copy frame.
 INLINE_MAX_BYTES = 2048

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
 from mcap.reader import make_reader
-from mcap.records import Channel, Chunk, Message as McapMessage, Metadata, Schema
+from mcap.records import Channel, Chunk, Metadata, Schema
+from mcap.records import Message as McapMessage
 from mcap.stream_reader import breakup_chunk
 from mcap.writer import CompressionType, Writer
 

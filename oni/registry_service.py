@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,8 +31,22 @@ import msgpack
 import zmq
 
 from oni.errors import OniError
-from oni.schema import CompiledSchema, SchemaError, SchemaRegistry, check_compatible, compile_schema, parse_version
-from oni.security import ClientSecurity, HandshakeMonitor, ServerSecurity, apply, handshake_error
+from oni.files import atomic_write
+from oni.schema import (
+    CompiledSchema,
+    SchemaError,
+    SchemaRegistry,
+    check_compatible,
+    compile_schema,
+    parse_version,
+)
+from oni.security import (
+    ClientSecurity,
+    HandshakeMonitor,
+    ServerSecurity,
+    apply,
+    handshake_error,
+)
 
 log = logging.getLogger("oni.registry")
 
@@ -96,19 +109,6 @@ def _lookup(registry: SchemaRegistry, name: str, major: int) -> CompiledSchema |
         return registry.get(name, major)
     except OniError:
         return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RegistryServer:
@@ -186,7 +186,7 @@ class RegistryServer:
 
     @staticmethod
     def _save(store: Path, schema: CompiledSchema, document: dict[str, Any]) -> None:
-        _write_atomic(store / f"{schema.name}.v{schema.major}.{schema.minor}.json", json.dumps(document, indent=2))
+        atomic_write(store / f"{schema.name}.v{schema.major}.{schema.minor}.json", json.dumps(document, indent=2))
 
     # -- requests ----------------------------------------------------------------------------------------
     def handle(self, request: Any) -> dict[str, Any]:

@@ -16,7 +16,13 @@ from typing import Any, Callable
 
 import fastjsonschema
 
-from oni.errors import OniError, SchemaViolation, TensorMismatch, UnknownSchema, UnsupportedVersion
+from oni.errors import (
+    OniError,
+    SchemaViolation,
+    TensorMismatch,
+    UnknownSchema,
+    UnsupportedVersion,
+)
 from oni.tensor import DTYPES, ENCODINGS
 
 _TENSOR_REF = "#/$defs/tensor"

@@ -18,7 +18,6 @@ import itertools
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -33,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 from zmq.utils.z85 import Z85CHARS
 
 from oni.errors import SecurityError
+from oni.files import atomic_write
 
 log = logging.getLogger("oni.security")
 
@@ -115,22 +115,9 @@ class KeyPair:
             if existing:
                 raise FileExistsError(f"{' and '.join(existing)} already exist")
         for target, secret in zip(targets, (None, self.secret)):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.")
-            try:
-                os.fchmod(fd, 0o600 if secret else 0o644)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(_certificate_text(self.public, secret))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if overwrite:
-                    os.replace(tmp, target)
-                else:
-                    # link() refuses an existing target, so a file created since the check above survives.
-                    os.link(tmp, target)
-                    os.unlink(tmp)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # exclusive: a file created since the check above survives.
+            atomic_write(target, _certificate_text(self.public, secret), mode=0o600 if secret else 0o644,
+                         exclusive=not overwrite)
         return targets
 
 

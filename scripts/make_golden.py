@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 
 from oni import codec
 from oni.errors import RejectedMessage
+from oni.files import atomic_write
 from oni.message import Header
 from oni.tensor import Png, Quantized
 
@@ -407,19 +406,6 @@ def _encoding(value: Any) -> str | None:
     return "raw" if isinstance(value, np.ndarray) else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; golden files are for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _existing(out: Path) -> dict[str, Path]:
     return {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file() and p.suffix in OWNED}
 
@@ -440,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stale: {name}")
         return 1 if changed or stale else 0
     for name in changed:
-        _write_atomic(args.out / name, files[name])
+        (args.out / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.out / name, files[name])
     for name in stale:
         existing[name].unlink()
     print(f"{len(files)} golden files in {args.out}: {len(changed)} written, {len(stale)} removed")

@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
-import json
 import logging
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any
+
+from oni.files import write_json
 
 log = logging.getLogger("sim.bench")
 
@@ -212,21 +212,6 @@ def format_table(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines.append(f"\n{report['elapsed_s']:.1f} s, {machine['cpu_count']} CPUs, load {machine['load_avg_1m']}")
     return "\n".join(lines)
-
-
-def write_json(path: str, report: dict[str, Any]) -> None:
-    """Write ``report`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bench-sim-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for others to read
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:

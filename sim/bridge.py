@@ -65,7 +65,6 @@ import logging
 import math
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,10 +73,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
 import zmq
 
 from oni import qos as qos_mod
+from oni.files import atomic_write, write_json
 from oni.qos import QosProfile
 from oni.security import ClientSecurity, KeyPair, ServerSecurity, load_public_keys
 from oni.transport import Publisher, Subscriber, TopicSpec
-from robots.description import DescriptionError, build, check_choice, check_name, check_number, number_field
+from robots.description import (
+    DescriptionError,
+    build,
+    check_choice,
+    check_name,
+    check_number,
+    number_field,
+)
 from sim.config import SimConfig
 from sim.hallway import generate_hallway
 
@@ -214,7 +221,7 @@ def ensure_client_keys(keys_dir: str | Path, name: str) -> KeyPair:
     keys = _load_or_create(directory, name)
     allowed = directory / ALLOWED_DIR
     allowed.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(allowed / f"{name}.key", (directory / f"{name}.key").read_bytes(), 0o644)
+    atomic_write(allowed / f"{name}.key", (directory / f"{name}.key").read_bytes())
     return keys
 
 
@@ -386,21 +393,6 @@ def connect_sensor_subscriber(
     return sub
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` so that readers see the old content or the new, never a part (temp file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _prepare_endpoint(endpoint: str) -> None:
     if endpoint.startswith("ipc://"):
         Path(endpoint.removeprefix("ipc://")).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -447,7 +439,9 @@ class SimBridge:
         context: zmq.Context | None = None,
     ) -> None:
         check_choice("mode", mode, MODES)
-        from sim.robot_sim import RobotSim  # loads MuJoCo, which the client helpers of this module never need
+        from sim.robot_sim import (
+            RobotSim,  # loads MuJoCo, which the client helpers of this module never need
+        )
 
         self.settings = settings
         self.mode = mode
@@ -549,7 +543,7 @@ class SimBridge:
             log.info("replacing %s (%s)", path, problem)
 
     def _write_info(self) -> None:
-        _write_atomic(self._info_path, (json.dumps(self._info, indent=2) + "\n").encode(), 0o644)
+        write_json(self._info_path, self._info)
         self._info_written = True
 
     @property

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from robots import robot_path
-from robots.description import DescriptionError, RobotDescription, build, check_int, load_robot
+from robots.description import (
+    DescriptionError,
+    RobotDescription,
+    build,
+    check_int,
+    load_robot,
+)
 from sim.hallway import HallwayParams, hallway_params_from_dict
 
 __all__ = ["SimConfig", "SimSettings", "load_sim_config", "sim_config_from_dict"]

@@ -39,7 +39,13 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from robots.description import DescriptionError, build, check_int, check_name, number_field
+from robots.description import (
+    DescriptionError,
+    build,
+    check_int,
+    check_name,
+    number_field,
+)
 from sim.sensors import Reading
 
 __all__ = [

@@ -36,7 +36,14 @@ import mujoco
 import numpy as np
 
 from robots import robot_path
-from robots.description import DescriptionError, MjcfNames, RobotDescription, SensorDescription, load_robot, robot_mjcf
+from robots.description import (
+    DescriptionError,
+    MjcfNames,
+    RobotDescription,
+    SensorDescription,
+    load_robot,
+    robot_mjcf,
+)
 from sim.config import SimSettings
 from sim.hallway import HallwayParams, World, generate_hallway
 from sim.sensors import DepthSim, ImuSim, LidarSim, OdomSim, Reading, SensorSim

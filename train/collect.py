@@ -47,7 +47,6 @@ import math
 import multiprocessing
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +55,18 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from oni.codec import pack, unpack
+from oni.files import write_json
 from oni.mcap_log import LogError, LogReader, LogWriter
 from oni.message import Header, Message
 from oni.schema import SchemaRegistry
-from robots.description import DescriptionError, RobotDescription, build, check_choice, check_int, number_field
+from robots.description import (
+    DescriptionError,
+    RobotDescription,
+    build,
+    check_choice,
+    check_int,
+    number_field,
+)
 from sim.config import SimConfig
 from sim.hallway import World
 from sim.sensors import Reading
@@ -488,19 +495,6 @@ def config_hash(sim: SimConfig, cfg: CollectConfig, robot_yaml: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the manifest is as readable as the logs beside it
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _resumable(path: Path, seed: int, digest: str) -> dict[str, Any] | None:
     """The manifest entry of a complete log of this seed and configuration at ``path``, else None."""
     from mcap.reader import make_reader
@@ -664,7 +658,7 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
         manifest["episodes"] = [entries[i] for i in sorted(entries)]
         manifest["summary"] = _summary(manifest["episodes"], time.perf_counter() - t0, workers)
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        _write_json_atomic(manifest_path, manifest)
+        write_json(manifest_path, manifest)
         if progress is not None:
             progress(len(entries), entry)
 
@@ -705,5 +699,5 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
         manifest["episodes"] = [entries[i] for i in sorted(entries)]
         manifest["summary"] = _summary(manifest["episodes"], time.perf_counter() - t0, workers)
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        _write_json_atomic(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     return manifest

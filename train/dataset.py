@@ -66,7 +66,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import zipfile
 import zlib
@@ -76,6 +75,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from oni.files import atomic_write, write_json
 from oni.mcap_log import LogReader
 from robots.description import (
     DescriptionError,
@@ -85,7 +85,12 @@ from robots.description import (
     number_field,
     robot_from_dict,
 )
-from worldmodel.observation import IMU_CHANNELS, NormStats, ObservationSpec, TickAssembler
+from worldmodel.observation import (
+    IMU_CHANNELS,
+    NormStats,
+    ObservationSpec,
+    TickAssembler,
+)
 
 log = logging.getLogger("train.dataset")
 
@@ -579,30 +584,13 @@ def build_episode(
 # Cache files.
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file beside it, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches are as readable as the logs they come from
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()), ".tmp")
-
-
 def save_episode(episode: EpisodeArrays, path: str | os.PathLike[str]) -> None:
     """Write ``episode`` to ``path`` (.npz, uncompressed for fast loading), atomically."""
     payload: dict[str, np.ndarray] = {"ticks_ns": episode.ticks_ns, "meta": np.array(json.dumps(episode.meta))}
     payload.update({f"d__{k}": v for k, v in episode.data.items()})
     for key, (frames, index) in episode.held.items():
         payload[f"f__{key}"], payload[f"i__{key}"] = frames, index
-    _atomic_write(Path(path), lambda f: np.savez(f, **payload), ".npz")
+    atomic_write(path, lambda f: np.savez(f, **payload), fsync=False)  # a cache: rebuilt if lost
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -804,7 +792,7 @@ def build_dataset(
     if stats is None:
         log.warning("%s: no train episodes: no normalization statistics written", cache)
     else:
-        _write_json(cache / STATS, {"format": "oniwm.norm_stats/1", "split": "train", "stats": stats.to_dict()})
+        write_json(cache / STATS, {"format": "oniwm.norm_stats/1", "split": "train", "stats": stats.to_dict()})
     loaded = [e for e in entries if e.get("status") in ("ok", "partial")]
     splits = {
         name: {
@@ -835,7 +823,7 @@ def build_dataset(
         "build_s_per_episode": round(built_s / built, 4) if built else None,
         "elapsed_s": round(time.perf_counter() - t_start, 3),
     }
-    _write_json(cache / REPORT, report)
+    write_json(cache / REPORT, report)
     return report
 
 

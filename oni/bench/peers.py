@@ -522,7 +522,13 @@ class CycloneReceiver:
         self._pending: list[Sample] = []
 
     def prepare(self, nbytes: int) -> None:
-        from cyclonedds.core import ReadCondition, SampleState, ViewState, InstanceState, WaitSet
+        from cyclonedds.core import (
+            InstanceState,
+            ReadCondition,
+            SampleState,
+            ViewState,
+            WaitSet,
+        )
         from cyclonedds.sub import DataReader
 
         topic, _type = self._dds.topic(nbytes)

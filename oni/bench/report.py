@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
-import tempfile
 from typing import Any, Callable
 
 import zmq
@@ -218,15 +216,3 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, report: dict[str, Any]) -> None:
-    """Write ``report`` to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every link ran (targets are reported, not enforced), 1 when one failed."""
     from oni.bench import measure, report
+    from oni.files import write_json
 
     try:
         plan = measure.make_plan(args.quick, args.sizes, args.messages, args.impls, args.soak_seconds, args.transports)
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         "soak": soak,
         "targets": report.evaluate_targets(results, soak, args.quick, elapsed),
     }
-    report.write_json(args.json, document)
+    write_json(args.json, document)
     sys.stdout.write(report.format_table(document) + "\n")
     failed = [r for r in results if r["status"] == "failed"] + [s for s in soak.values() if s.get("status") != "ok"]
     return 1 if failed else 0

@@ -19,7 +19,6 @@ import time
 import numpy as np
 
 from oni import qos
-from oni.message import now_ns
 from oni.tensor import Png
 from oni.transport import Publisher, Subscriber
 

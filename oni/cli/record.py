@@ -31,9 +31,21 @@ import zmq
 
 from oni import qos
 from oni.errors import BackpressureTimeout, OniError, SecurityError
-from oni.mcap_log import DEFAULT_CHUNK_BYTES, DEFAULT_FLUSH_MS, LogReader, LogWriter, paced
+from oni.mcap_log import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_FLUSH_MS,
+    LogReader,
+    LogWriter,
+    paced,
+)
 from oni.message import now_ns
-from oni.security import ClientSecurity, KeyPair, Security, ServerSecurity, load_public_keys
+from oni.security import (
+    ClientSecurity,
+    KeyPair,
+    Security,
+    ServerSecurity,
+    load_public_keys,
+)
 from oni.transport import Publisher, Subscriber, TopicSpec
 
 #: After the last replayed message, time for ZeroMQ's I/O thread to send what is queued: a publisher

@@ -27,7 +27,13 @@ from oni.registry_service import (
     compile_document,
     summary,
 )
-from oni.schema import CompiledSchema, SchemaError, SchemaRegistry, check_compatible, parse_version
+from oni.schema import (
+    CompiledSchema,
+    SchemaError,
+    SchemaRegistry,
+    check_compatible,
+    parse_version,
+)
 from oni.security import ClientSecurity, KeyPair, ServerSecurity, load_public_keys
 
 log = logging.getLogger("oni.cli.registry")

@@ -13,6 +13,7 @@ import pytest
 from oni.bench import measure, peers, report
 from oni.bench.measure import KIB, MIB, Measurement, make_plan
 from oni.bench.worker import Recording, RunReport
+from oni.files import write_json
 
 ONIWM = [sys.executable, "-m", "worldmodel.cli"]
 REQUIRED = {"impl", "transport", "payload_bytes", "p50_us", "p99_us", "msgs_per_s", "lost"}
@@ -177,7 +178,7 @@ def test_json_is_replaced_atomically_and_the_table_lists_every_row(tmp_path):
     rows = [_row("oni", "ipc", KIB, 60.0), skipped]
     doc = {"mode": "quick", "elapsed_s": 1.0, "machine": {"cpu_count": 2}, "results": rows, "soak": {},
            "targets": report.evaluate_targets(rows, {}, quick=True, elapsed_s=1.0)}
-    report.write_json(str(path), doc)
+    write_json(str(path), doc)
     assert json.loads(path.read_text())["results"][0]["impl"] == "oni"
     assert os.listdir(tmp_path) == ["r.json"]
     table = report.format_table(doc)
