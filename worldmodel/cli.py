@@ -22,10 +22,12 @@ COMMANDS: dict[str, str] = {
     "record": "oni.cli.record",
     "replay": "oni.cli.record",
     "collect": "train.cli",
+    "train": "train.train",
     "sim": "sim.cli",
+    "eval": "train.evaluate",
 }
 #: ``oniwm bench NAME`` -> module that registers it.
-BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport", "sim": "sim.bench"}
+BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport", "sim": "sim.bench", "model": "train.bench_model"}
 
 
 def _modules(table: dict[str, str], wanted: str | None) -> list[str]:
