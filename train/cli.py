@@ -3,6 +3,7 @@
 ::
 
     oniwm collect --config configs/hallway.yaml --episodes 100 --policy mixture --workers 2 --out data/hallway
+    oniwm collect --config configs/halfcheetah.yaml --episodes 20 --workers 2 --out data/halfcheetah
 
 Writes ``DIR/episode_00000.mcap`` ... and ``DIR/manifest.json`` (see :mod:`train.collect`). Running it again
 on the same ``--out`` resumes (complete episodes are kept); ``--overwrite`` starts over. The summary (JSON, on
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run simulated episodes and write one ONI MCAP log per episode",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--config", required=True, metavar="YAML", help="preset (robot, world, sim, collect sections)")
+    parser.add_argument(
+        "--config", required=True, metavar="YAML",
+        help="preset: robot, world, sim, collect sections; or a gym preset: gym and collect sections",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; resumed if it exists)")
     parser.add_argument("--episodes", type=int, default=None, metavar="N", help="episodes (default: collect.episodes)")
     parser.add_argument("--policy", default=None, metavar="NAME", help="exploration policy (default: collect.policy)")
@@ -39,35 +44,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=1, metavar="W", help="worker processes (default 1; capped at the CPU count)"
     )
     parser.add_argument(
-        "--seed", type=int, default=None, metavar="S", help="seed of episode 0 (default: world.seed); episode i: S + i"
+        "--seed", type=int, default=None, metavar="S",
+        help="seed of episode 0 (default: world.seed, or gym.seed); episode i: S + i",
     )
     parser.add_argument(
         "--max-duration", type=float, default=None, metavar="S",
-        help="longest episode, sim seconds (default: collect.max_duration_s)",
+        help="longest episode, sim seconds (default: collect.max_duration_s; hallway presets)",
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=None, metavar="N",
+        help="env steps per episode before truncation (default: gym.max_episode_steps; gym presets)",
     )
     parser.add_argument("--overwrite", action="store_true", help="delete the folder's episodes and manifest first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The preset's sim config and collect config, with the command line's overrides applied."""
+def _load(args: argparse.Namespace) -> tuple[Callable[..., dict[str, Any]], Any, Any]:
+    """The collection function for the preset's source (:func:`train.collect.collect`, or
+    :func:`train.collect.collect_gym` for a preset with a ``gym`` section and no ``robot``), its source config
+    and its collect config, with the command line's overrides applied."""
+    import dataclasses
+
     import yaml
 
-    from sim.config import sim_config_from_dict
-    from train.collect import collect_config_from_dict
+    from robots.description import DescriptionError
 
     path = Path(args.config)
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a preset is a YAML mapping with robot, world, sim and collect sections")
-    sim = sim_config_from_dict(raw, path.parent)
     section = dict(raw.get("collect") or {})
     if args.policy is not None:
         section["policy"] = args.policy
+    if "gym" in raw and "robot" not in raw:
+        from sim.gym_adapter import adapter_config_from_dict
+        from train.collect import collect_gym, gym_collect_config_from_dict
+
+        if args.max_duration is not None:
+            raise DescriptionError("--max-duration", args.max_duration, "is for hallway presets: use --max-steps")
+        gym = adapter_config_from_dict(raw)
+        if args.max_steps is not None:
+            gym = dataclasses.replace(gym, max_episode_steps=args.max_steps)
+        return collect_gym, gym, gym_collect_config_from_dict(section)
+
+    from sim.config import sim_config_from_dict
+    from train.collect import collect, collect_config_from_dict
+
+    if args.max_steps is not None:
+        raise DescriptionError("--max-steps", args.max_steps, "is for gym presets: use --max-duration")
+    sim = sim_config_from_dict(raw, path.parent)
     if args.max_duration is not None:
         section["max_duration_s"] = args.max_duration
-    return sim, collect_config_from_dict(section)
+    return collect, sim, collect_config_from_dict(section)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from robots.description import DescriptionError
-    from train.collect import collect
 
     try:
-        sim, cfg = _load(args)
+        collect, source, cfg = _load(args)
     except (OSError, ValueError, DescriptionError) as exc:
         log.error("%s", exc)
         return 2
@@ -107,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        manifest = collect(sim, cfg, args.out, episodes=episodes, base_seed=args.seed, workers=workers,
+        manifest = collect(source, cfg, args.out, episodes=episodes, base_seed=args.seed, workers=workers,
                            overwrite=args.overwrite, preset=str(args.config), progress=progress)
     except KeyboardInterrupt:
         bar.close()

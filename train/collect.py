@@ -31,7 +31,12 @@ The output folder holds ``episode_00000.mcap`` ... and ``manifest.json`` (episod
 policy, config hash, speed), rewritten atomically as each episode finishes. Running again on the same folder
 resumes: complete episodes of the same configuration and seed are kept, incomplete ones are redone.
 
-A data source other than the simulator (a gymnasium adapter) plugs in through :class:`Source`.
+A gymnasium MuJoCo env (:class:`sim.gym_adapter.GymAdapter`, a preset with a ``gym`` section) is collected by
+:func:`collect_gym` into the same layout: one log per episode with ``env.observation`` and ``env.action`` (headers
+as above, on the adapter's sim clock), metadata records ``collect``, ``gym`` (env id, kwargs, control rate,
+action box) and ``episode`` (seeds, steps, return, end reason ``terminated``/``truncated``; written last), and
+the same manifest, resuming and workers (:func:`_run_collection`). Actions are smooth random noise in the action
+box (:class:`train.policies.ActionNoisePolicy`, seeded per episode).
 """
 
 from __future__ import annotations
@@ -74,16 +79,22 @@ from sim.sensors import Reading
 log = logging.getLogger("train.collect")
 
 __all__ = [
+    "MANIFEST",
     "CollectConfig",
     "EpisodeJob",
-    "MANIFEST",
-    "Source",
+    "GymCollectConfig",
+    "GymEpisodeJob",
     "SimSource",
+    "Source",
     "collect",
     "collect_config_from_dict",
+    "collect_gym",
     "config_hash",
     "episode_path",
+    "gym_collect_config_from_dict",
+    "gym_config_hash",
     "run_episode",
+    "run_gym_episode",
 ]
 
 #: Name of the manifest file in an output folder.
@@ -166,7 +177,8 @@ def collect_config_from_dict(raw: Mapping[str, Any] | None, path: str = "collect
 class Source(Protocol):
     """What an episode runs on: reset to a seed, then step with a command; readings on the source's clock.
 
-    :class:`SimSource` is the MuJoCo simulator; a gymnasium adapter with these members can take its place.
+    :class:`SimSource` is the MuJoCo simulator. A gymnasium adapter steps with an action vector instead and has
+    its own episode runner, :func:`run_gym_episode`.
     """
 
     @property
@@ -495,8 +507,10 @@ def config_hash(sim: SimConfig, cfg: CollectConfig, robot_yaml: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _resumable(path: Path, seed: int, digest: str) -> dict[str, Any] | None:
-    """The manifest entry of a complete log of this seed and configuration at ``path``, else None."""
+def _resumable(path: Path, seed: int, digest: str,
+               fields: Callable[[Mapping[str, str]], dict[str, Any]]) -> dict[str, Any] | None:
+    """The manifest entry of a complete log of this seed and configuration at ``path``, else None; ``fields``
+    turns the log's ``episode`` record into the source's own entry fields (duration, end reason, ...)."""
     from mcap.reader import make_reader
 
     if not path.is_file():
@@ -523,20 +537,29 @@ def _resumable(path: Path, seed: int, digest: str) -> dict[str, Any] | None:
         "status": "ok",
         "resumed": True,
         "seed": seed,
-        "sim_s": float(episode["duration_s"]),
-        "end_reason": episode["end_reason"],
-        "reached_goal": episode["reached_goal"] == "true",
-        "collisions": int(episode["collisions"]),
-        "distance_m": round(float(episode["distance_m"]), 3),
+        **fields(episode),
         "messages": counts,
         "bytes": path.stat().st_size,
     }
 
 
-def _summary(entries: Sequence[Mapping[str, Any]], elapsed_s: float, workers: int) -> dict[str, Any]:
+def _hallway_fields(episode: Mapping[str, str]) -> dict[str, Any]:
+    """A hallway episode's manifest fields from its ``episode`` record."""
+    return {
+        "sim_s": float(episode["duration_s"]),
+        "end_reason": episode["end_reason"],
+        "reached_goal": episode["reached_goal"] == "true",
+        "collisions": int(episode["collisions"]),
+        "distance_m": round(float(episode["distance_m"]), 3),
+    }
+
+
+def _summary(entries: Sequence[Mapping[str, Any]], elapsed_s: float, workers: int,
+             totals: Sequence[str]) -> dict[str, Any]:
     """Totals and speed: ``sim_s_per_wall_s`` is the whole run's throughput (sim seconds of the episodes run
     now over the run's wall time, all workers together); ``per_worker`` each worker's own rate (its sim
-    seconds over the wall time of its episodes: the per-core speed of collection)."""
+    seconds over the wall time of its episodes: the per-core speed of collection). ``totals``: the source's
+    own entry fields summed over the complete episodes (``collisions``, ``steps``, ...)."""
     ok = [e for e in entries if e.get("status") == "ok"]
     fresh = [e for e in ok if not e.get("resumed")]
     per_worker: dict[int, dict[str, Any]] = {}
@@ -571,8 +594,7 @@ def _summary(entries: Sequence[Mapping[str, Any]], elapsed_s: float, workers: in
         "bytes": total_bytes,
         "bytes_per_episode": round(total_bytes / len(ok)) if ok else None,
         "bytes_per_sim_s": round(total_bytes / total_sim) if total_sim > 0 else None,
-        "reached_goal": sum(1 for e in ok if e["reached_goal"]),
-        "collisions": sum(e["collisions"] for e in ok),
+        **{key: sum(e[key] for e in ok) for key in totals},
         "end_reasons": dict(collections.Counter(e["end_reason"] for e in ok)),
     }
 
@@ -604,9 +626,48 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
             f"must divide sim.physics_hz = {sim.sim.physics_hz} (a whole number of physics steps per period)"
         )
     sim = dataclasses.replace(sim, world=dataclasses.replace(sim.world, seed=base))
-    out.mkdir(parents=True, exist_ok=True)
     robot, robot_yaml = _robot(sim.robot_path)
     digest = config_hash(sim, cfg, robot_yaml)
+    policy = make_policy(cfg.policy, cfg.policies, robot, cfg.control_hz)
+    config = {
+        "preset": preset,
+        "robot": robot.name,
+        "robot_path": str(sim.robot_path),
+        "world": dataclasses.asdict(sim.world),
+        "sim": dataclasses.asdict(sim.sim),
+        "collect": dataclasses.asdict(cfg),
+    }
+
+    def job(index: int, seed: int, path: str) -> EpisodeJob:
+        return EpisodeJob(index, seed, path, sim, cfg, digest)
+
+    return _run_collection(
+        out, digest, config, policy.describe(), base, count, workers, overwrite, job, run_episode, _hallway_fields,
+        ("reached_goal", "collisions"), progress,
+    )
+
+
+class _Job(Protocol):
+    """What the collection loop needs of an episode's job (:class:`EpisodeJob`, :class:`GymEpisodeJob`)."""
+
+    index: int
+    seed: int
+    path: str
+
+
+def _run_collection(out: Path, digest: str, config: Mapping[str, Any], policy: Mapping[str, Any], base: int,
+                    count: int, workers: int, overwrite: bool, make_job: Callable[[int, int, str], Any],
+                    run: Callable[[Any], dict[str, Any]], fields: Callable[[Mapping[str, str]], dict[str, Any]],
+                    totals: Sequence[str],
+                    progress: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+    """The part of a collection every source shares: the manifest, resuming, and the pool of workers.
+
+    Episode ``i`` (seed ``base + i``) is ``make_job(i, seed, path)`` run by ``run`` (a module-level function, so
+    spawned workers can pickle it), returning its manifest entry. ``fields`` reads a complete log's ``episode``
+    record into the source's entry fields (for resumed episodes); ``totals`` names the entry fields the summary
+    sums. See :func:`collect` for ``overwrite``, ``progress`` and errors.
+    """
+    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     if manifest_path.exists() and not overwrite:
         previous = json.loads(manifest_path.read_text())
@@ -618,51 +679,43 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
     if overwrite:
         for stale in list(out.glob("episode_*.mcap")) + [manifest_path]:
             stale.unlink(missing_ok=True)
-    policy = make_policy(cfg.policy, cfg.policies, robot, cfg.control_hz)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "created": started_at,
         "config_hash": digest,
-        "config": {
-            "preset": preset,
-            "robot": robot.name,
-            "robot_path": str(sim.robot_path),
-            "world": dataclasses.asdict(sim.world),
-            "sim": dataclasses.asdict(sim.sim),
-            "collect": dataclasses.asdict(cfg),
-        },
-        "policy": policy.describe(),
+        "config": dict(config),
+        "policy": dict(policy),
         "base_seed": base,
         "episodes": [],
         "summary": {},
     }
     entries: dict[int, dict[str, Any]] = {}
-    jobs: list[EpisodeJob] = []
+    jobs: list[_Job] = []
     for index in range(count):
         path = episode_path(out, index)
-        kept = None if overwrite else _resumable(path, base + index, digest)
+        kept = None if overwrite else _resumable(path, base + index, digest, fields)
         if kept is not None:
             entries[index] = kept
         else:
-            jobs.append(EpisodeJob(index, base + index, str(path), sim, cfg, digest))
+            jobs.append(make_job(index, base + index, str(path)))
     if entries:
         log.info("resuming: %d of %d episodes are already complete", len(entries), count)
     pids: dict[int, int] = {}
     t0 = time.perf_counter()
 
-    def finish(job: EpisodeJob, entry: dict[str, Any]) -> None:
+    def finish(job: _Job, entry: dict[str, Any]) -> None:
         if "pid" in entry:
             entry["worker"] = pids.setdefault(entry.pop("pid"), len(pids))
         entries[job.index] = entry
         manifest["episodes"] = [entries[i] for i in sorted(entries)]
-        manifest["summary"] = _summary(manifest["episodes"], time.perf_counter() - t0, workers)
+        manifest["summary"] = _summary(manifest["episodes"], time.perf_counter() - t0, workers, totals)
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         write_json(manifest_path, manifest)
         if progress is not None:
             progress(len(entries), entry)
 
-    def failed(job: EpisodeJob, exc: BaseException) -> dict[str, Any]:
+    def failed(job: _Job, exc: BaseException) -> dict[str, Any]:
         log.error("episode %d (seed %d) failed: %s: %s", job.index, job.seed, type(exc).__name__, exc)
         return {"index": job.index, "file": os.path.basename(job.path), "status": "failed", "seed": job.seed,
                 "error": f"{type(exc).__name__}: {exc}"}
@@ -672,7 +725,7 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
             # In-process: no spawn cost, and a debugger sees the episode.
             for job in jobs:
                 try:
-                    entry = run_episode(job)
+                    entry = run(job)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as exc:  # one bad episode (an impossible world) must not end the collection
@@ -681,7 +734,7 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
         else:
             context = multiprocessing.get_context("spawn")
             with futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-                pending = {pool.submit(run_episode, job): job for job in jobs}
+                pending = {pool.submit(run, job): job for job in jobs}
                 try:
                     for done in futures.as_completed(pending):
                         job = pending[done]
@@ -697,7 +750,222 @@ def collect(sim: SimConfig, cfg: CollectConfig, out_dir: str | os.PathLike[str],
                     raise
     finally:
         manifest["episodes"] = [entries[i] for i in sorted(entries)]
-        manifest["summary"] = _summary(manifest["episodes"], time.perf_counter() - t0, workers)
+        manifest["summary"] = _summary(manifest["episodes"], time.perf_counter() - t0, workers, totals)
         manifest["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         write_json(manifest_path, manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A gymnasium adapter as the source (sim.gym_adapter.GymAdapter): the same logs, manifest and workers.
+
+
+@dataclass(frozen=True)
+class GymCollectConfig:
+    """The ``collect`` section of a gym preset (``configs/hopper.yaml`` ...).
+
+    ``episodes``: default count (the CLI's ``--episodes`` wins). ``compression`` and ``chunk_kib``: MCAP chunks.
+    ``policy``: the action noise, ``ou`` or ``pink`` (:data:`train.policies.ACTION_NOISES`); ``noise``: its
+    :class:`train.policies.ActionNoiseParams` as a mapping (absent keys take defaults). An episode's length is
+    the adapter's: ``gym.max_episode_steps`` (the CLI's ``--max-steps`` overrides it) or termination.
+    """
+
+    episodes: int = 10
+    compression: str = "zstd"
+    chunk_kib: int = 1024
+    policy: str = "ou"
+    noise: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from train.policies import ACTION_NOISES, ActionNoiseParams
+
+        check_int("episodes", self.episodes, 1, 10_000_000)
+        check_choice("compression", self.compression, ("zstd", "lz4", "none"))
+        check_int("chunk_kib", self.chunk_kib, 16, 1 << 20)
+        check_choice("policy", self.policy, ACTION_NOISES)
+        params = build(ActionNoiseParams, self.noise, "noise")  # validates now, before any episode runs
+        object.__setattr__(self, "noise", dataclasses.asdict(params))
+
+    def noise_params(self) -> Any:
+        """The validated :class:`train.policies.ActionNoiseParams`."""
+        from train.policies import ActionNoiseParams
+
+        return ActionNoiseParams(**self.noise)
+
+
+def gym_collect_config_from_dict(raw: Mapping[str, Any] | None, path: str = "collect") -> GymCollectConfig:
+    """:class:`GymCollectConfig` from a gym preset's ``collect`` mapping; errors name the field."""
+    return build(GymCollectConfig, raw, path)
+
+
+@dataclass(frozen=True)
+class GymEpisodeJob:
+    """Everything a worker needs to run one gym episode (picklable). ``gym``: a
+    :class:`sim.gym_adapter.GymAdapterConfig` with a finite ``max_episode_steps``."""
+
+    index: int
+    seed: int
+    path: str
+    gym: Any
+    collect: GymCollectConfig
+    config_hash: str
+
+
+def gym_config_hash(gym: Any, cfg: GymCollectConfig) -> str:
+    """SHA-256 (hex) of what determines a gym episode's data: the adapter config (with the base seed) and the
+    collect settings except the episode count."""
+    collect = dataclasses.asdict(cfg)
+    collect.pop("episodes")
+    doc = {"gym": dataclasses.asdict(gym), "collect": collect}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_gym_episode(job: GymEpisodeJob) -> dict[str, Any]:
+    """Run one gym episode and write its log to ``job.path``; returns its manifest entry (JSON-ready).
+
+    Every control period the policy's action goes to :meth:`sim.gym_adapter.GymAdapter.step`; each reading
+    (``env.action`` at t, then ``env.observation`` per env step) becomes a message on its topic through
+    :class:`_Recorder` (an action carries the trace id of the observation it followed). The episode ends when
+    the adapter is done: ``terminated`` (the env's own end) or ``truncated`` (``max_episode_steps``).
+    """
+    from sim.gym_adapter import ACTION_TOPIC, OBSERVATION_TOPIC, GymAdapter
+    from train.policies import ActionNoisePolicy
+
+    wall0 = time.perf_counter()
+    cfg = job.collect
+    adapter = GymAdapter(job.gym, seed=job.seed)
+    control_hz = 1.0 / adapter.control_dt_s
+    policy = ActionNoisePolicy(cfg.policy, adapter.action_low, adapter.action_high, control_hz, cfg.noise_params())
+    policy_seed = _derived_seed(job.seed, _POLICY_STREAM)
+    trace_seed = _derived_seed(job.seed, _TRACE_STREAM)
+    topics = (OBSERVATION_TOPIC, ACTION_TOPIC)
+    metadata = {
+        "collect": {"config_hash": job.config_hash, "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)},
+        "gym": {
+            "env_id": job.gym.env_id,
+            "env_kwargs": json.dumps(dict(job.gym.env_kwargs), sort_keys=True, default=str),
+            "control_hz": repr(control_hz),
+            "env_dt_s": repr(adapter.env_dt_s),
+            "action_repeat": str(adapter.action_repeat),
+            "max_episode_steps": str(job.gym.max_episode_steps),
+            "observation_dim": str(adapter.observation_dim),
+            "action_dim": str(adapter.action_dim),
+            "action_low": json.dumps(adapter.action_low.tolist()),
+            "action_high": json.dumps(adapter.action_high.tolist()),
+        },
+    }
+    recorder = _Recorder(job.path, metadata, {t: t for t in topics}, {t: adapter.frame_id for t in topics},
+                         cfg.compression, cfg.chunk_kib * 1024, trace_seed)
+    t_step = t_policy = 0.0
+    setup_s = time.perf_counter() - wall0
+    try:
+        readings = adapter.reset(job.seed)
+        policy.reset(policy_seed)
+        trace: str | None = None
+        last_obs: Mapping[str, Any] = readings[-1].data
+        while True:
+            for reading in readings:
+                if reading.topic == ACTION_TOPIC:
+                    recorder.write(ACTION_TOPIC, reading.stamp_ns, reading.data, trace_id=trace,
+                                   frame_id=reading.frame_id)
+                else:
+                    trace = recorder.write(reading.topic, reading.stamp_ns, reading.data, frame_id=reading.frame_id)
+                    last_obs = reading.data
+            if adapter.done:
+                break
+            t0 = time.perf_counter()
+            action = policy()
+            t1 = time.perf_counter()
+            readings = adapter.step(action)
+            t_step += time.perf_counter() - t1
+            t_policy += t1 - t0
+        end_reason = "terminated" if last_obs["terminated"] else "truncated"
+        state = adapter.ground_truth()
+        sim_s = adapter.sim_time_ns / _NS_PER_S
+        stats = adapter.stats
+        recorder.writer.add_metadata("episode", {
+            "index": str(job.index),
+            "seed": str(job.seed),
+            "policy_seed": str(policy_seed),
+            "trace_seed": str(trace_seed),
+            "steps": str(state.episode_step),
+            "control_steps": str(stats.actions),
+            "duration_s": repr(sim_s),
+            "return": repr(state.episode_return),
+            "end_reason": end_reason,
+            "clipped_actions": str(stats.clipped_actions),
+            "rejected_actions": str(stats.rejected_actions),
+            "policy": policy.name,
+            "policy_config": json.dumps(policy.describe(), sort_keys=True),
+            "control_hz": repr(control_hz),
+            "source": SOURCE_NAME,
+            "clock": "sim: stamp_ns is ns since the episode's reset",
+            "config_hash": job.config_hash,
+        })
+    finally:
+        recorder.writer.close()
+        adapter.close()
+    wall_s = time.perf_counter() - wall0
+    return {
+        "index": job.index,
+        "file": os.path.basename(job.path),
+        "status": "ok",
+        "seed": job.seed,
+        "sim_s": sim_s,
+        "steps": state.episode_step,
+        "return": state.episode_return,
+        "end_reason": end_reason,
+        "messages": recorder.counts,
+        "bytes": os.path.getsize(job.path),
+        "wall_s": wall_s,
+        "setup_s": setup_s,
+        "sim_s_wall": t_step,
+        "policy_s": t_policy,
+        "log_s": wall_s - setup_s - t_step - t_policy,
+        "sim_s_per_wall_s": sim_s / wall_s,
+        "steps_per_wall_s": state.episode_step / wall_s,
+        "pid": os.getpid(),
+    }
+
+
+def _gym_fields(episode: Mapping[str, str]) -> dict[str, Any]:
+    """A gym episode's manifest fields from its ``episode`` record."""
+    return {
+        "sim_s": float(episode["duration_s"]),
+        "steps": int(episode["steps"]),
+        "return": float(episode["return"]),
+        "end_reason": episode["end_reason"],
+    }
+
+
+def collect_gym(gym: Any, cfg: GymCollectConfig, out_dir: str | os.PathLike[str], *, episodes: int | None = None,
+                base_seed: int | None = None, workers: int = 1, overwrite: bool = False, preset: str = "",
+                progress: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """:func:`collect` with a gymnasium adapter as the source: ``gym`` is a
+    :class:`sim.gym_adapter.GymAdapterConfig`; episode ``i`` resets the env with seed ``base_seed + i`` (default:
+    ``gym.seed``). The same folder layout, manifest (its summary also totals env ``steps``), resuming, workers
+    and errors. The episode length is ``gym.max_episode_steps``, else the env id's registered limit (an env
+    without either is refused: an episode must end)."""
+    import gymnasium
+
+    count = cfg.episodes if episodes is None else check_int("episodes", episodes, 1, 10_000_000)
+    base = gym.seed if base_seed is None else check_int("seed", base_seed, 0, 2**63 - 1)
+    if base + count - 1 > 2**63 - 1:
+        raise DescriptionError("seed", base, f"base seed + {count} episodes exceeds 2**63 - 1")
+    workers = check_int("workers", workers, 1, 4096)
+    if gym.max_episode_steps is None:
+        limit = gymnasium.spec(gym.env_id).max_episode_steps
+        if limit is None:
+            raise DescriptionError("gym.max_episode_steps", None, f"{gym.env_id} has no time limit: set one")
+        gym = dataclasses.replace(gym, max_episode_steps=limit)
+    gym = dataclasses.replace(gym, seed=base)
+    digest = gym_config_hash(gym, cfg)
+    config = {"preset": preset, "gym": dataclasses.asdict(gym), "collect": dataclasses.asdict(cfg)}
+
+    def job(index: int, seed: int, path: str) -> GymEpisodeJob:
+        return GymEpisodeJob(index, seed, path, gym, cfg, digest)
+
+    return _run_collection(
+        Path(out_dir), digest, config, {"name": cfg.policy, "params": dict(cfg.noise)}, base, count, workers, overwrite, job, run_gym_episode,
+        _gym_fields, ("steps",), progress,
+    )

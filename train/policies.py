@@ -24,6 +24,9 @@ Policies (``POLICIES``, by config name):
   plus odometry between scans); with a goal it also leans toward the goal bearing. Our navigation baseline.
 - ``mixture``: switches between component policies in segments of random duration (weights set in config).
 
+For a gymnasium adapter (:mod:`sim.gym_adapter`), :class:`ActionNoisePolicy` draws smooth random actions in the
+env's action box from the same noise processes (``ou`` or ``pink``, :class:`UnitNoise`).
+
 Each ``*Params`` class is a frozen, validated dataclass; :func:`policy_params_from_dict` builds one from a YAML
 mapping with errors naming the field.
 """
@@ -49,6 +52,10 @@ from robots.description import (
 from sim.sensors import Reading
 
 __all__ = [
+    "ACTION_NOISES",
+    "POLICIES",
+    "ActionNoiseParams",
+    "ActionNoisePolicy",
     "ColoredNoiseParams",
     "FollowGap",
     "GapParams",
@@ -56,8 +63,8 @@ __all__ = [
     "MixturePolicy",
     "NoisePolicy",
     "OUParams",
-    "POLICIES",
     "Policy",
+    "UnitNoise",
     "make_policy",
     "policy_params_from_dict",
 ]
@@ -244,32 +251,14 @@ class NoisePolicy(Policy):
             self._scan = ScanPoints(lidars[0])
         self._radius_m = robot.base.radius_m
         self._free = (math.inf, math.inf)  # m the footprint can move (forward, back) on the latest scan
-        self._rng = np.random.default_rng(0)
-        self._x = np.zeros(2)
-        self._block = np.zeros((0, 2))
-        self._row = 0
         if isinstance(params, OUParams):
-            self._decay = math.exp(-self.dt_s / params.time_constant_s)
-            self._kick = math.sqrt(1.0 - self._decay**2)  # keeps the stationary variance at 1
+            self._noise = UnitNoise(2, self.dt_s, time_constant_s=params.time_constant_s)
         else:
-            self._block_len = max(2, int(round(params.block_s / self.dt_s)))
+            self._noise = UnitNoise(2, self.dt_s, beta=params.beta, block_s=params.block_s)
 
     def reset(self, seed: int, goal_xy_m: tuple[float, float] | None = None) -> None:
-        self._rng = np.random.default_rng(seed)
-        self._x = self._rng.standard_normal(2)  # start in the stationary distribution
+        self._noise.reset(seed)
         self._free = (math.inf, math.inf)
-        self._block = np.zeros((0, 2))
-        self._row = 0
-
-    def _next_noise(self) -> np.ndarray:
-        if isinstance(self.params, OUParams):
-            self._x = self._decay * self._x + self._kick * self._rng.standard_normal(2)
-            return self._x
-        if self._row >= len(self._block):
-            self._block = np.stack([_colored_noise(self.params.beta, self._block_len, self._rng) for _ in range(2)], 1)
-            self._row = 0
-        self._row += 1
-        return self._block[self._row - 1]
 
     def __call__(self, readings: Sequence[Reading], t_s: float) -> tuple[float, float]:
         p = self.params
@@ -279,7 +268,7 @@ class NoisePolicy(Policy):
                     points = self._scan.points(reading.data, p.shield_m + self._radius_m)
                     fwd, back = swept_free_distances(points, _AHEAD_BACK, self._radius_m, p.shield_m)
                     self._free = (float(fwd), float(back))
-        noise_v, noise_w = self._next_noise()
+        noise_v, noise_w = self._noise.next()
         v = self.max_v_mps * (p.v_mean_frac + p.v_std_frac * float(noise_v))
         v = min(max(v, p.v_min_frac * self.max_v_mps), self.max_v_mps)
         if (v > 0 and self._free[0] < p.shield_m) or (v < 0 and self._free[1] < p.shield_m):
@@ -288,6 +277,103 @@ class NoisePolicy(Policy):
 
 
 _AHEAD_BACK = np.array([0.0, math.pi])
+
+
+class UnitNoise:
+    """``dim`` independent zero-mean, unit-variance Gaussian noise channels sampled every ``dt_s`` seconds.
+
+    With ``time_constant_s``: an Ornstein-Uhlenbeck process, exactly discretised (autocorrelation at lag ``tau``
+    is ``exp(-tau / time_constant_s)``), started in its stationary distribution. Without: colored noise with
+    power spectral density ~ 1/f^``beta``, generated in blocks of ``block_s`` seconds (:func:`_colored_noise`).
+    """
+
+    def __init__(self, dim: int, dt_s: float, *, time_constant_s: float | None = None, beta: float = 1.0,
+                 block_s: float = 60.0) -> None:
+        self.dim = dim
+        self._ou = time_constant_s is not None
+        self._decay = math.exp(-dt_s / time_constant_s) if time_constant_s is not None else 0.0
+        self._kick = math.sqrt(1.0 - self._decay**2)  # keeps the stationary variance at 1
+        self._beta = beta
+        self._block_len = max(2, round(block_s / dt_s))
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        """Reseed the stream and restart the process."""
+        self._rng = np.random.default_rng(seed)
+        self._x = self._rng.standard_normal(self.dim)  # OU: start in the stationary distribution
+        self._block = np.zeros((0, self.dim))
+        self._row = 0
+
+    def next(self) -> np.ndarray:
+        """The next sample, (dim,) float64 (a view: copy it to keep it)."""
+        if self._ou:
+            self._x = self._decay * self._x + self._kick * self._rng.standard_normal(self.dim)
+            return self._x
+        if self._row >= len(self._block):
+            self._block = np.stack(
+                [_colored_noise(self._beta, self._block_len, self._rng) for _ in range(self.dim)], 1
+            )
+            self._row = 0
+        self._row += 1
+        return self._block[self._row - 1]
+
+
+@dataclass(frozen=True)
+class ActionNoiseParams:
+    """Smooth random actions in a box (the gymnasium adapter's exploration): per action dimension,
+    ``a = centre + std_frac * half_width * x`` clipped to ``[low, high]``, where ``x`` is unit-variance noise:
+    an OU process with correlation time ``time_constant_s`` (policy ``ou``) or colored noise ~ 1/f^``beta`` in
+    blocks of ``block_s`` seconds (policy ``pink``)."""
+
+    time_constant_s: float = 0.2
+    beta: float = 1.0
+    block_s: float = 20.0
+    std_frac: float = 0.6
+
+    def __post_init__(self) -> None:
+        number_field(self, "time_constant_s", 0.001, 100)
+        number_field(self, "beta", 0, 3)
+        number_field(self, "block_s", 0.1, 3600)
+        number_field(self, "std_frac", 0, 10)
+
+
+#: Names of the action-box noise processes (:class:`ActionNoisePolicy`).
+ACTION_NOISES = ("ou", "pink")
+
+
+class ActionNoisePolicy:
+    """Smooth random actions in the box ``[low, high]`` ((A,) each) at ``control_hz``: :class:`ActionNoiseParams`
+    with noise ``name`` (``ou`` or ``pink``). Readings are not used; actions are finite and inside the box."""
+
+    def __init__(self, name: str, low: np.ndarray, high: np.ndarray, control_hz: float,
+                 params: ActionNoiseParams) -> None:
+        check_choice("policy", name, ACTION_NOISES)
+        self.name = name
+        self.params = params
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        finite = bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+        if self.low.shape != self.high.shape or self.low.ndim != 1 or not finite:
+            raise DescriptionError("action box", (low, high), "needs finite (A,) bounds")
+        self._centre = (self.low + self.high) / 2.0
+        self._scale = params.std_frac * (self.high - self.low) / 2.0
+        dt_s = 1.0 / control_hz
+        if name == "ou":
+            self._noise = UnitNoise(len(self.low), dt_s, time_constant_s=params.time_constant_s)
+        else:
+            self._noise = UnitNoise(len(self.low), dt_s, beta=params.beta, block_s=params.block_s)
+
+    def reset(self, seed: int) -> None:
+        """Start an episode: seed the noise."""
+        self._noise.reset(seed)
+
+    def __call__(self) -> np.ndarray:
+        """The next action, (A,) float64 in the box."""
+        return np.clip(self._centre + self._scale * self._noise.next(), self.low, self.high)
+
+    def describe(self) -> dict[str, Any]:
+        """Name and parameters, JSON-ready (for the log's metadata)."""
+        return {"name": self.name, "params": asdict(self.params)}
 
 
 def _colored_noise(beta: float, n: int, rng: np.random.Generator) -> np.ndarray:
