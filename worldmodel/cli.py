@@ -25,9 +25,12 @@ COMMANDS: dict[str, str] = {
     "train": "train.train",
     "sim": "sim.cli",
     "eval": "train.evaluate",
+    "eval-nav": "train.eval_nav",
+    "export": "worldmodel.export.cli",
 }
 #: ``oniwm bench NAME`` -> module that registers it.
-BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport", "sim": "sim.bench", "model": "train.bench_model"}
+BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport", "sim": "sim.bench", "model": "train.bench_model",
+                           "latency": "worldmodel.bench_latency"}
 
 
 def _modules(table: dict[str, str], wanted: str | None) -> list[str]:
