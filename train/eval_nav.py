@@ -20,9 +20,9 @@ Controllers (``--controllers``):
   ``collect.policies.gap`` parameters), given the goal in the odometry frame.
 - ``oracle``: the same planner and cost, but every candidate is simulated by MuJoCo itself from the true current
   state (:class:`SimRollout`: ``mujoco.rollout`` of the full physics, then LiDAR rays cast at the true poses, no
-  noise), toward the lookahead point of the true pose (the same :class:`RouteGoal`): an upper bound. To keep it affordable it samples fewer
-  candidates (``oracle_samples``), casts every ``oracle_beam_stride``-th beam and replans at ``oracle_replan_hz``
-  (its plans are exact, so playing them open loop between replans loses little).
+  noise), toward the lookahead point of the true pose (the same :class:`RouteGoal`): an upper bound. To keep it
+  affordable it samples fewer candidates (``oracle_samples``), casts every ``oracle_beam_stride``-th beam and
+  replans at ``oracle_replan_hz`` (its plans are exact, so playing them open loop between replans loses little).
 - ``random``: smooth random commands (an Ornstein-Uhlenbeck process, :class:`train.policies.NoisePolicy`, no
   safety shield).
 
@@ -622,7 +622,7 @@ def run_episode(controller: Controller, sim: Any, world: Any, route: Route, seed
     readings = sim.reset(seed)
     controller.reset(EpisodeContext(seed, world, route, sim))
     dt_s = 1.0 / nav.control_hz
-    max_ticks = int(math.floor(nav.max_duration_s * nav.control_hz + 1e-9))
+    max_ticks = math.floor(nav.max_duration_s * nav.control_hz + 1e-9)
     stuck = _Stuck(nav.stuck_s, nav.stuck_distance_m)
     gx, gy = world.goal_xy_m
     path_m, last, end = 0.0, None, "time"
@@ -728,13 +728,14 @@ def table(doc: Mapping[str, Any]) -> str:
     def fmt(v: Any, spec: str = ".2f") -> str:
         return "-" if v is None else format(v, spec)
 
-    lines = [f"{'controller':<10} {'success':>9} {'coll/ep':>8} {'coll-free':>9} {'t goal s':>9} {'path m':>8} "
-             f"{'progress':>8} {'plan ms':>8}"]
+    lines = [(f"{'controller':<10} {'success':>12} {'coll/ep':>8} {'coll-free':>9} {'t goal s':>9} {'path m':>8} "
+              f"{'progress':>8} {'recov':>6} {'plan ms':>8}")]
     for name, s in doc["summary"].items():
-        lines.append(f"{name:<10} {s['successes']:>3d}/{s['episodes']:<3d}{fmt(s['success_rate'], '.0%'):>3} "
-                     f"{fmt(s['collisions_per_episode']):>8} {fmt(s['collision_free_rate'], '.0%'):>9} "
-                     f"{fmt(s['time_to_goal_s'], '.1f'):>9} {fmt(s['path_length_m'], '.1f'):>8} "
-                     f"{fmt(s['progress'], '.0%'):>8} {fmt(s['plan_ms_p50'], '.1f'):>8}")
+        success = f"{s['successes']}/{s['episodes']} {fmt(s['success_rate'], '.0%')}"
+        lines.append(f"{name:<10} {success:>12} {fmt(s['collisions_per_episode']):>8} "
+                     f"{fmt(s['collision_free_rate'], '.0%'):>9} {fmt(s['time_to_goal_s'], '.1f'):>9} "
+                     f"{fmt(s['path_length_m'], '.1f'):>8} {fmt(s['progress'], '.0%'):>8} {s['recoveries']:>6d} "
+                     f"{fmt(s['plan_ms_p50'], '.1f'):>8}")
     lines.append("")
     for key, t in doc["targets"].items():
         verdict = "n/a" if t["ok"] is None else ("PASS" if t["ok"] else "FAIL")
@@ -854,19 +855,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = NavConfig()
     parser = subparsers.add_parser("eval-nav", help="closed-loop navigation: world-model MPC vs follow-the-gap, oracle MPC, "
                                    "random", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", metavar="RUN", help="world model: run or checkpoint folder (omit: no wm_mpc)")
+    parser.add_argument("--checkpoint", metavar="RUN", help="world model: run or checkpoint folder (torch backend; "
+                        "without it or --export-dir, wm_mpc is skipped)")
     parser.add_argument("--config", metavar="YAML", help="preset (default: the shipped configs/hallway.yaml)")
     parser.add_argument("--episodes", type=int, default=d.episodes, metavar="N", help=f"worlds (default {d.episodes})")
     parser.add_argument("--json", required=True, metavar="FILE", help="report (JSON), written atomically")
     parser.add_argument("--controllers", default=",".join(d.controllers), metavar="LIST",
                         help=f"comma-separated subset of {','.join(CONTROLLERS)}")
     parser.add_argument("--seed-start", type=int, default=d.seed_start, metavar="S", help="first world seed considered")
-    parser.add_argument("--max-duration-s", type=float, default=d.max_duration_s, metavar="S")
-    parser.add_argument("--replan-hz", type=float, default=d.replan_hz, metavar="HZ", help="world-model planner rate")
-    parser.add_argument("--lookahead-m", type=float, default=d.lookahead_m, metavar="M")
-    parser.add_argument("--oracle-samples", type=int, default=d.oracle_samples, metavar="N")
-    parser.add_argument("--oracle-replan-hz", type=float, default=d.oracle_replan_hz, metavar="HZ")
-    parser.add_argument("--oracle-threads", type=int, default=d.oracle_threads, metavar="N")
+    parser.add_argument("--max-duration-s", type=float, default=d.max_duration_s, metavar="S",
+                        help=f"episode time limit, sim seconds (default {d.max_duration_s:g})")
+    parser.add_argument("--replan-hz", type=float, default=d.replan_hz, metavar="HZ",
+                        help=f"world-model planner rate; the belief updates at {d.control_hz:g} Hz (default {d.replan_hz:g})")
+    parser.add_argument("--lookahead-m", type=float, default=d.lookahead_m, metavar="M",
+                        help=f"the planners' goal: this far along the centreline (default {d.lookahead_m:g})")
+    parser.add_argument("--oracle-samples", type=int, default=d.oracle_samples, metavar="N",
+                        help=f"candidates per oracle round (default {d.oracle_samples})")
+    parser.add_argument("--oracle-replan-hz", type=float, default=d.oracle_replan_hz, metavar="HZ",
+                        help=f"oracle planner rate (default {d.oracle_replan_hz:g})")
+    parser.add_argument("--oracle-threads", type=int, default=d.oracle_threads, metavar="N",
+                        help="threads of the oracle's MuJoCo rollouts (default 1)")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"), help="world-model backend")
     parser.add_argument("--export-dir", metavar="DIR", help="the onnxruntime backend's export (oniwm export)")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="rollout threads (0: every core)")

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from train.synthetic import SyntheticCorridor, SyntheticSpec
     from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.model import WorldModel, compute_normalization, model_config, modalities_from_batch
+    from worldmodel.model import WorldModel, compute_normalization, modalities_from_batch, model_config
 
     data = SyntheticCorridor(SyntheticSpec(episodes=1, duration_s=3.0), 32)
     batch = {k: torch.stack([data[0][k]]) for k in data[0]}

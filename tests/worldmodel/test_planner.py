@@ -15,7 +15,6 @@ from worldmodel.planner import (
     TERMS,
     CostWeights,
     NavigationCost,
-    PlannerConfig,
     PlannerConfigError,
     RobotGeometry,
     SamplingPlanner,
@@ -102,7 +101,7 @@ class AnalyticRollout:
 
 
 def make_planner(world: AnalyticWorld, **overrides) -> tuple[SamplingPlanner, AnalyticRollout]:
-    settings = dict(time_budget_ms=0.0, samples=256, horizon=10, iterations=3)
+    settings = {"time_budget_ms": 0.0, "samples": 256, "horizon": 10, "iterations": 3}
     settings.update(overrides)
     cfg = planner_config_from_dict({}, action_low=LOW, action_high=HIGH, **settings)
     cost = NavigationCost(cfg.cost, GEOMETRY, cfg.samples, cfg.horizon, cfg.action_low, cfg.action_high)
@@ -244,7 +243,8 @@ def test_samples_and_plans_respect_the_action_limits_and_shapes():
     tight = planner_config_from_dict({"action_low": [0.0, -1.0], "action_high": [0.3, 1.0]}, action_low=LOW, action_high=HIGH)
     assert tight.action_low == (0.0, -1.0)
     cost = NavigationCost(tight.cost, GEOMETRY, tight.samples, tight.horizon, tight.action_low, tight.action_high)
-    bounded = SamplingPlanner(dataclasses.replace(tight, time_budget_ms=0.0, iterations=1), cost, AnalyticRollout(AnalyticWorld()))
+    once = dataclasses.replace(tight, time_budget_ms=0.0, iterations=1)
+    bounded = SamplingPlanner(once, cost, AnalyticRollout(AnalyticWorld()))
     plan = bounded.plan(START, np.array([-3.0, 0.0]), ZERO).plan  # the goal is behind: it would reverse if it could
     assert plan[:, 0].min() >= 0.0 and plan[:, 0].max() <= np.float32(0.3)
 
@@ -426,8 +426,9 @@ def test_config_from_a_mapping_limits_and_unknown_keys():
 
 
 def test_the_preset_planner_section_loads():
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "hallway.yaml").read_text())
     cfg = planner_config_from_dict(raw["planner"], action_low=LOW, action_high=HIGH)

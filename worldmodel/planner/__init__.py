@@ -29,6 +29,6 @@ __all__ = [
     "Rollout",
     "SamplingPlanner",
     "normal_cdf",
-    "safe_ranges",
     "planner_config_from_dict",
+    "safe_ranges",
 ]

@@ -64,12 +64,13 @@ class CostWeights:
     ``collision``: weight of the collision risk, the probability that the most threatened LiDAR beam's predicted
     range is short of the footprint's edge plus ``safety_distance_m``, summed over the horizon steps.
     ``range_noise_m``: the sensor's range noise std, added to the predicted std (a cheap, conservative stand-in
-    for adding variances), so a confident model's risk is a steep sigmoid, not a step. ``progress``: per metre of change of the distance to the goal from now
-    to the end of the horizon (negative: closer). ``blocked``: the fraction of the way toward the goal, up to
-    ``blocked_reach_m``, that the final predicted scan shows blocked for the safety disc from the final predicted
-    pose (a terminal cost-to-go: end the horizon where the way on is open). ``heading``: mean ``(1 - cos(heading error to the goal)) / 2``.
-    ``effort``: mean squared action, each dimension over its limit. ``smoothness``: mean squared change between
-    consecutive actions (the first against the action in effect), each dimension over its limit.
+    for adding variances), so a confident model's risk is a steep sigmoid, not a step. ``progress``: per metre
+    of change of the distance to the goal from now to the end of the horizon (negative: closer). ``blocked``:
+    the fraction of the way toward the goal, up to ``blocked_reach_m``, that the final predicted scan shows
+    blocked for the safety disc from the final predicted pose (a terminal cost-to-go: end the horizon where the
+    way on is open). ``heading``: mean ``(1 - cos(heading error to the goal)) / 2``. ``effort``: mean squared
+    action, each dimension over its limit. ``smoothness``: mean squared change between consecutive actions (the
+    first against the action in effect), each dimension over its limit.
     """
 
     collision: float = 10.0
@@ -85,9 +86,9 @@ class CostWeights:
     def __post_init__(self) -> None:
         for name in ("collision", "progress", "blocked", "heading", "effort", "smoothness"):
             object.__setattr__(self, name, _number(f"planner.cost.{name}", getattr(self, name), 0.0, 1e6))
-        object.__setattr__(self, "blocked_reach_m", _number("planner.cost.blocked_reach_m", self.blocked_reach_m, 0.0, 100.0, lo_open=True))
-        object.__setattr__(self, "safety_distance_m", _number("planner.cost.safety_distance_m", self.safety_distance_m, 0.0, 10.0))
-        object.__setattr__(self, "range_noise_m", _number("planner.cost.range_noise_m", self.range_noise_m, 0.0, 10.0, lo_open=True))
+        for name, hi, lo_open in (("blocked_reach_m", 100.0, True), ("safety_distance_m", 10.0, False),
+                                  ("range_noise_m", 10.0, True)):
+            object.__setattr__(self, name, _number(f"planner.cost.{name}", getattr(self, name), 0.0, hi, lo_open=lo_open))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The navigation task cost, computed on decoded predictions: collision risk, progress, heading, effort, smoothness.
+"""The navigation task cost on decoded predictions: collision risk, progress, blocked way, heading, effort, smoothness.
 
 For N candidate action sequences of H steps, given the predictions at the end of every step (LiDAR ranges along
 each of B beams with their std, and the pose relative to the pose at planning time), one cost per candidate
@@ -31,6 +31,7 @@ All buffers are allocated at construction for one (N, H, B, A); a call allocates
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from worldmodel.planner.config import CostWeights, PlannerConfigError, RobotGeometry
@@ -127,7 +128,7 @@ class NavigationCost:
         self._ey = np.empty((n, 1), np.float32)
         self._cos_h = np.empty(n, np.float64)
         self._sin_h = np.empty(n, np.float64)
-        self._left = np.empty(n, np.float64)
+        self._scratch = np.empty(n, np.float64)
         self._free = np.empty(n, np.float32)
         self.terms: dict[str, np.ndarray] = {name: np.zeros(n, np.float64) for name in TERMS}
         self._checked = False
@@ -206,7 +207,7 @@ class NavigationCost:
         final scans ``ranges`` (N, B) and yaws (N,); reads the goal offsets of the last step from ``_dx``/``_dy``."""
         reach = self.weights.blocked_reach_m
         dx, dy, dist = self._dx[:, -1], self._dy[:, -1], self._dist[:, -1]
-        c, s, tmp = self._cos_h, self._sin_h, self._left
+        c, s, tmp = self._cos_h, self._sin_h, self._scratch
         np.cos(yaw, out=c)
         np.sin(yaw, out=s)
         # The unit vector toward the goal in the final base frame (R(-yaw) (g - p) / |g - p|).
