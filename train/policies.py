@@ -178,7 +178,28 @@ def swept_free_distances(points: np.ndarray, headings_rad: np.ndarray, clear_m: 
 
 
 @dataclass(frozen=True)
-class OUParams:
+class NoiseCommandParams:
+    """How a unit-variance noise source maps to commands (fractions of the base's limits) and its LiDAR shield.
+
+    Shared by :class:`OUParams` and :class:`ColoredNoiseParams`; see :class:`OUParams` for the mapping.
+    """
+
+    v_mean_frac: float = 0.5
+    v_std_frac: float = 0.4
+    v_min_frac: float = -0.3
+    omega_std_frac: float = 0.5
+    shield_m: float = 0.15
+
+    def __post_init__(self) -> None:
+        number_field(self, "v_mean_frac", -1, 1)
+        number_field(self, "v_std_frac", 0, 2)
+        number_field(self, "v_min_frac", -1, 1)
+        number_field(self, "omega_std_frac", 0, 2)
+        number_field(self, "shield_m", 0, 5)
+
+
+@dataclass(frozen=True)
+class OUParams(NoiseCommandParams):
     """An Ornstein-Uhlenbeck process per channel, as fractions of the base's limits.
 
     ``v = v_mean_frac * max_v + v_std_frac * max_v * x_v`` and ``omega = omega_std_frac * max_omega * x_w``,
@@ -194,23 +215,14 @@ class OUParams:
     """
 
     time_constant_s: float = 1.0
-    v_mean_frac: float = 0.5
-    v_std_frac: float = 0.4
-    v_min_frac: float = -0.3
-    omega_std_frac: float = 0.5
-    shield_m: float = 0.15
 
     def __post_init__(self) -> None:
         number_field(self, "time_constant_s", 0.01, 100)
-        number_field(self, "v_mean_frac", -1, 1)
-        number_field(self, "v_std_frac", 0, 2)
-        number_field(self, "v_min_frac", -1, 1)
-        number_field(self, "omega_std_frac", 0, 2)
-        number_field(self, "shield_m", 0, 5)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class ColoredNoiseParams:
+class ColoredNoiseParams(NoiseCommandParams):
     """Colored noise per channel: power spectral density ~ 1/f^beta (0: white, 1: pink, 2: red/Brownian).
 
     Generated in blocks of ``block_s`` seconds by spectral shaping of white Gaussian noise (Timmer & Koenig
@@ -220,20 +232,11 @@ class ColoredNoiseParams:
 
     beta: float = 1.0
     block_s: float = 60.0
-    v_mean_frac: float = 0.5
-    v_std_frac: float = 0.4
-    v_min_frac: float = -0.3
-    omega_std_frac: float = 0.5
-    shield_m: float = 0.15
 
     def __post_init__(self) -> None:
         number_field(self, "beta", 0, 3)
         number_field(self, "block_s", 1, 3600)
-        number_field(self, "v_mean_frac", -1, 1)
-        number_field(self, "v_std_frac", 0, 2)
-        number_field(self, "v_min_frac", -1, 1)
-        number_field(self, "omega_std_frac", 0, 2)
-        number_field(self, "shield_m", 0, 5)
+        super().__post_init__()
 
 
 class NoisePolicy(Policy):
