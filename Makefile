@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,bench,sim,train,export
+EXTRAS ?= dev,bench,sim,train,export,bags,view,ros2
 STAMP := $(VENV)/.installed
 
 .PHONY: run test venv bench-transport fuzz clean
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/oniwm demo
+	$(BIN)/oniwm run --config configs/hallway.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

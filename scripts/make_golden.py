@@ -303,6 +303,13 @@ def golden_cases() -> list[GoldenCase]:
             {"action": np.array([0.5, -1.0, 0.0, 1.0, 0.25, -0.75], np.float32), "clipped": True, "rejected": False},
             "a gymnasium adapter action as applied",
         ),
+        GoldenCase(
+            "nav_route",
+            "nav.route",
+            19,
+            {"waypoints_m": np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 3.5]]), "goal_radius_m": 0.5},
+            "a route of three waypoints in the odometry frame (float64 inline tensor)",
+        ),
     ]
 
 

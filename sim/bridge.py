@@ -8,13 +8,17 @@
 
 **Sensors.** Every sensor of the robot description is published at its own rate on one publisher (``source``
 ``sim``), each on its description's topic with the ``sensor`` QoS preset (``bridge.sensor_qos``), plus
-``sim.ground_truth`` (``diagnostic`` QoS, ``bridge.ground_truth_hz``, frame ``world``) for evaluation only.
+``sim.ground_truth`` (``diagnostic`` QoS, ``bridge.ground_truth_hz``, frame ``world``) for evaluation only, and
+``nav.route`` (``bridge.route_hz``, frame ``odom``): the corridor centreline from the start to the goal in the
+odometry frame, what a navigation stack with a map would hand the robot.
 
 **Commands.** The bridge is the base controller: it **binds** the command endpoint with a subscriber of
 ``actuator.cmd`` (``control`` QoS) as a CURVE *server* whose allow-list is the public keys in
 ``KEYS_DIR/allowed/*.key`` (plus ``bridge.allow``). A controller's publisher connects as a CURVE client with
 the bridge's public key (:func:`connect_command_publisher`). Each accepted command is applied to the sim at the
-next step (``stop: true`` commands (0, 0)); out-of-range values are clipped by the sim and counted; non-finite
+next step (``stop: true`` commands (0, 0)); a command whose trace id is that of a sensor message the bridge
+published recently gives one sample of the sensor-to-command latency (``e2e_latency_ms`` in the report: from that
+message's publication to the command's arrival); out-of-range values are clipped by the sim and counted; non-finite
 ones never get past the subscriber (``non_finite`` rejects); refused keys are counted (``denied_keys``).
 When no command arrives for the drive's ``command_timeout_s`` the sim's drive brakes to a stop, as a real
 base does, and the bridge logs a warning once per such event and counts it.
@@ -34,7 +38,7 @@ tells another process everything it needs to connect::
                   "qos": {...}, "server_public_key": "<40 Z85 chars>", "keys_dir": "/home/u/.oni/keys",
                   "allowed_dir": "/home/u/.oni/keys/allowed", "allowed_keys": 1, "command_timeout_s": 0.5}}
 
-A client reads it with :func:`read_bridge_info`, then :func:`connect_sensor_subscriber` and
+A client reads it with :func:`oni.bridge_client.read_bridge_info`, then :func:`connect_sensor_subscriber` and
 :func:`connect_command_publisher`; :func:`ensure_client_keys` creates a local controller's key pair and
 allow-lists it (before the bridge starts: the allow-list is read once, at start).
 
@@ -68,14 +72,25 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
+import numpy as np
 import zmq
 
 from oni import qos as qos_mod
-from oni.files import atomic_write, write_json
+from oni.bridge_client import (
+    ALLOWED_DIR,
+    COMMAND_TOPIC,
+    INFO_FORMAT,
+    BridgeError,
+    BridgeInfo,
+    info_problem,
+    load_or_create_keys,
+)
+from oni.files import write_json
+from oni.message import Message
 from oni.qos import QosProfile
-from oni.security import ClientSecurity, KeyPair, ServerSecurity, load_public_keys
+from oni.security import KeyPair, ServerSecurity, load_public_keys
 from oni.transport import Publisher, Subscriber, TopicSpec
 from robots.description import (
     DescriptionError,
@@ -86,36 +101,32 @@ from robots.description import (
     number_field,
 )
 from sim.config import SimConfig
-from sim.hallway import generate_hallway
+from sim.hallway import World, generate_hallway
 
 if TYPE_CHECKING:
     from sim.robot_sim import RobotSim
     from sim.sensors import Reading
 
 __all__ = [
-    "BridgeError",
-    "BridgeInfo",
     "BridgeSettings",
     "SimBridge",
     "bridge_settings_from_dict",
-    "connect_command_publisher",
-    "connect_sensor_subscriber",
-    "ensure_client_keys",
     "load_bridge_settings",
     "load_or_create_server_keys",
-    "read_bridge_info",
 ]
 
 log = logging.getLogger("sim.bridge")
 
-#: Version tag of the bridge info file; a new major layout gets a new tag.
-INFO_FORMAT = "oni.sim_bridge/1"
 #: File stem of the bridge's CURVE key pair in the keys directory.
 SERVER_KEY_NAME = "sim-bridge"
-#: Sub-directory of the keys directory holding the allow-listed client public keys (``*.key``).
-ALLOWED_DIR = "allowed"
-COMMAND_TOPIC = "actuator.cmd"
 GROUND_TRUTH_TOPIC = "sim.ground_truth"
+ROUTE_TOPIC = "nav.route"
+#: Frame of the route: the odometry frame (the base pose at reset), the frame of ``sensor.odom``'s pose.
+ODOM_FRAME = "odom"
+#: Sensor messages whose trace id is remembered for the latency of the commands computed from them.
+_TRACE_WINDOW = 1024
+#: Commands whose sensor-to-command latency the report summarises (the latest).
+_E2E_WINDOW = 1 << 16
 #: Frame of the ground-truth pose: the world (hallway) frame.
 WORLD_FRAME = "world"
 
@@ -124,10 +135,6 @@ MODES: tuple[str, ...] = ("realtime", "fast")
 _NS_PER_S = 1_000_000_000
 #: How far ahead of "now" the sim clock's t = 0 is placed when a run starts (ns).
 _INFO_LEAD_NS = 20_000_000
-
-
-class BridgeError(RuntimeError):
-    """The bridge cannot start or a client cannot reach it; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,9 @@ class BridgeSettings:
     - ``step_s``: simulation step (s), a multiple of the physics timestep; commands apply at step boundaries,
       and in realtime mode readings are at most one step old when published.
     - ``ground_truth_hz``: rate of ``sim.ground_truth``; its period must be a whole number of steps.
+    - ``route_hz``: rate of ``nav.route`` (the corridor centreline in the odometry frame, ending at the goal, the
+      route a navigation stack would give the robot); its period must be a whole number of steps.
+    - ``goal_radius_m``: the goal radius the route announces.
     - ``sensor_qos``: QoS preset of the sensor topics (``sensor``; ``record`` for lossless collection).
     - ``start_wait_s``: wall time between binding and sim t = 0, for subscribers to connect.
     - ``status_interval_s``: wall time between status reports.
@@ -156,6 +166,8 @@ class BridgeSettings:
     allow: tuple[str, ...] = ()
     step_s: float = 0.005
     ground_truth_hz: float = 50.0
+    route_hz: float = 1.0
+    goal_radius_m: float = 0.5
     sensor_qos: str = "sensor"
     start_wait_s: float = 0.5
     status_interval_s: float = 1.0
@@ -172,6 +184,8 @@ class BridgeSettings:
         object.__setattr__(self, "allow", tuple(self.allow))
         number_field(self, "step_s", 0, 0.1, lo_open=True)
         number_field(self, "ground_truth_hz", 0, 1000, lo_open=True)
+        number_field(self, "route_hz", 0, 1000, lo_open=True)
+        number_field(self, "goal_radius_m", 0, 100, lo_open=True)
         check_choice("sensor_qos", self.sensor_qos, tuple(qos_mod.PRESETS))
         number_field(self, "start_wait_s", 0, 60)
         number_field(self, "status_interval_s", 0, 3600, lo_open=True)
@@ -207,35 +221,7 @@ def load_or_create_server_keys(keys_dir: str | Path) -> KeyPair:
 
     Keeping the pair across runs keeps the public key that controllers were configured with.
     """
-    return _load_or_create(Path(keys_dir).expanduser(), SERVER_KEY_NAME)
-
-
-def ensure_client_keys(keys_dir: str | Path, name: str) -> KeyPair:
-    """A controller's key pair ``KEYS_DIR/NAME.key_secret`` (generated on first use), allow-listed for the bridge.
-
-    Copies ``NAME.key`` (public only) into ``KEYS_DIR/allowed/``. For a controller on the bridge's host and
-    user: whoever can write the keys directory can already read the bridge's secret key. The bridge reads its
-    allow-list when it starts, so call this before starting it.
-    """
-    directory = Path(keys_dir).expanduser()
-    keys = _load_or_create(directory, name)
-    allowed = directory / ALLOWED_DIR
-    allowed.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write(allowed / f"{name}.key", (directory / f"{name}.key").read_bytes())
-    return keys
-
-
-def _load_or_create(directory: Path, name: str) -> KeyPair:
-    secret = directory / f"{name}.key_secret"
-    if secret.exists():
-        return KeyPair.load(secret)
-    keys = KeyPair.generate()
-    try:
-        keys.save(directory, name)
-    except FileExistsError:
-        return KeyPair.load(secret)  # another process created it between our check and our write
-    log.info("generated CURVE key pair %s (public %s)", secret, keys.public.decode())
-    return keys
+    return load_or_create_keys(Path(keys_dir).expanduser(), SERVER_KEY_NAME)
 
 
 def _allowed_keys(settings: BridgeSettings) -> tuple[frozenset[bytes], Path]:
@@ -252,145 +238,6 @@ def _allowed_keys(settings: BridgeSettings) -> tuple[frozenset[bytes], Path]:
             allowed_dir,
         )
     return keys, allowed_dir
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The bridge info file and client helpers
-
-
-@dataclass(frozen=True)
-class BridgeInfo:
-    """A running bridge, as its info file describes it (see the module docstring for the JSON)."""
-
-    path: Path
-    raw: dict[str, Any]
-
-    @property
-    def sensor_endpoint(self) -> str:
-        return self.raw["sensors"]["endpoint"]
-
-    @property
-    def command_endpoint(self) -> str:
-        return self.raw["commands"]["endpoint"]
-
-    @property
-    def server_public_key(self) -> bytes:
-        """The bridge's CURVE public key (Z85), which a command publisher must authenticate it by."""
-        return self.raw["commands"]["server_public_key"].encode()
-
-    @property
-    def topics(self) -> dict[str, dict[str, Any]]:
-        """Published topic -> ``{"schema", "rate_hz", "frame_id", "qos"}``."""
-        return self.raw["sensors"]["topics"]
-
-    @property
-    def command_timeout_s(self) -> float:
-        return float(self.raw["commands"]["command_timeout_s"])
-
-    @property
-    def epoch_ns(self) -> int | None:
-        """Wall-clock time of sim t = 0 (ns since the Unix epoch); None until the bridge runs."""
-        return self.raw["epoch_ns"]
-
-    @property
-    def pid(self) -> int:
-        return int(self.raw["pid"])
-
-
-def read_bridge_info(path: str | Path, timeout_s: float = 0.0) -> BridgeInfo:
-    """The bridge info at ``path``, waiting up to ``timeout_s`` for a live bridge to write it.
-
-    Raises :class:`BridgeError` if no file appears, or if the file's bridge process is gone (a stale file).
-    """
-    path = Path(path).expanduser()
-    end = time.monotonic() + timeout_s
-    while True:
-        problem = _info_problem(path)
-        if problem is None:
-            return BridgeInfo(path, json.loads(path.read_text()))
-        if time.monotonic() >= end:
-            raise BridgeError(f"{path}: {problem}")
-        time.sleep(0.05)
-
-
-def _info_problem(path: Path) -> str | None:
-    """Why ``path`` is not a live bridge's info (None if it is)."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return "no bridge info file (is `oniwm sim` running with this --info-file?)"
-    except (OSError, ValueError) as exc:
-        return f"unreadable bridge info: {exc}"
-    if not isinstance(raw, dict) or raw.get("format") != INFO_FORMAT:
-        return f"not a bridge info file of format {INFO_FORMAT}"
-    if not _pid_alive(int(raw.get("pid", -1))):
-        return f"stale bridge info: its bridge (pid {raw.get('pid')}) is not running"
-    return None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def _as_info(info: BridgeInfo | str | Path) -> BridgeInfo:
-    return info if isinstance(info, BridgeInfo) else read_bridge_info(info)
-
-
-def connect_command_publisher(
-    info: BridgeInfo | str | Path,
-    keys: KeyPair,
-    *,
-    source: str = "controller",
-    context: zmq.Context | None = None,
-) -> Publisher:
-    """A publisher of ``actuator.cmd`` (``control`` QoS) connected to the bridge as a CURVE client with ``keys``.
-
-    ``keys.public`` must be on the bridge's allow-list (:func:`ensure_client_keys`); otherwise the bridge
-    refuses the connection, counts the key, and this publisher's log reports the refusal. Connections are
-    asynchronous: commands published before the handshake completes are lost (``reliable`` cannot see a peer
-    that is not there yet), so a controller publishes continuously, as it does anyway.
-    """
-    info = _as_info(info)
-    return Publisher(
-        info.command_endpoint,
-        {COMMAND_TOPIC: qos_mod.CONTROL},
-        source=source,
-        bind=False,
-        context=context,
-        security=ClientSecurity(keys, info.server_public_key),
-    )
-
-
-def connect_sensor_subscriber(
-    info: BridgeInfo | str | Path,
-    topics: Iterable[str] | None = None,
-    *,
-    qos: QosProfile | None = None,
-    context: zmq.Context | None = None,
-) -> Subscriber:
-    """A subscriber of the bridge's ``topics`` (default: all, ground truth included), connected.
-
-    Each topic is subscribed with ``qos`` or, by default, the profile the bridge offers for it.
-    """
-    info = _as_info(info)
-    offered = info.topics
-    wanted = list(offered) if topics is None else list(topics)
-    unknown = sorted(set(wanted) - set(offered))
-    if unknown:
-        raise BridgeError(f"the bridge does not publish {unknown}; it publishes {sorted(offered)}")
-    sub = Subscriber(context=context)
-    for topic in wanted:
-        sub.subscribe(topic, qos or QosProfile.from_dict(offered[topic]["qos"]), offered[topic]["schema"])
-    sub.connect(info.sensor_endpoint)
-    return sub
 
 
 def _prepare_endpoint(endpoint: str) -> None:
@@ -459,8 +306,21 @@ class SimBridge:
             1.0 / (settings.ground_truth_hz * self._step_s), "bridge.ground_truth_hz", settings.ground_truth_hz,
             f"its period must be a whole number of steps of {self._step_s:g} s",
         )
+        self._route_every = _whole(
+            1.0 / (settings.route_hz * self._step_s), "bridge.route_hz", settings.route_hz,
+            f"its period must be a whole number of steps of {self._step_s:g} s",
+        )
         world = generate_hallway(replace(config.world, seed=self.seed), robot.base.radius_m)
         self._goal = world.goal_xy_m
+        self._route = {"waypoints_m": route_in_start_frame(world), "goal_radius_m": settings.goal_radius_m}
+        # Sensor-to-command latency: the publish time of recent sensor messages by trace id; a command carries the
+        # trace id of the newest input it was computed from. Bounded: the oldest entry leaves as a new one comes.
+        self._sent_pub_ns: dict[str, int] = {}
+        self._sent_ring: list[str] = [""] * _TRACE_WINDOW
+        self._sent_next = 0
+        self._e2e_ms = np.zeros(_E2E_WINDOW)
+        self._e2e_count = 0
+        self._pending: list[Message] = []  # commands received while waiting for a step, applied at the next
         self._sim: RobotSim = RobotSim(robot, world, config.sim, seed=self.seed)
         self._counters = _Counters()
         self._stop_requested = False
@@ -488,6 +348,12 @@ class SimBridge:
                 "schema": GROUND_TRUTH_TOPIC,
                 "rate_hz": settings.ground_truth_hz,
                 "frame_id": WORLD_FRAME,
+                "qos": qos_mod.DIAGNOSTIC.to_dict(),
+            }
+            self._topics[ROUTE_TOPIC] = {
+                "schema": ROUTE_TOPIC,
+                "rate_hz": settings.route_hz,
+                "frame_id": ODOM_FRAME,
                 "qos": qos_mod.DIAGNOSTIC.to_dict(),
             }
             _prepare_endpoint(settings.sensor_endpoint)
@@ -534,7 +400,7 @@ class SimBridge:
         path = self._info_path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists():
-            problem = _info_problem(path)
+            problem = info_problem(path)
             if problem is None:
                 pid = json.loads(path.read_text())["pid"]
                 raise BridgeError(
@@ -601,6 +467,7 @@ class SimBridge:
         log.info("sim clock started (%s): stamp_ns = %d + sim time", self.mode, self._epoch_ns)
         self._publish(readings)
         self._publish_truth()
+        self._pub.publish(ROUTE_TOPIC, self._route, stamp_ns=self._epoch_ns, frame_id=ODOM_FRAME)
         next_status = start + status_ns
         k = 0
         while not self._stop_requested and (end_step is None or k < end_step):
@@ -622,15 +489,18 @@ class SimBridge:
             now = time.monotonic_ns()
             if realtime:
                 due = start + k * step_ns
-                if now < due:
-                    time.sleep((due - now) / _NS_PER_S)
-                    now = time.monotonic_ns()
-                elif now - due > step_ns:
+                if now - due > step_ns:
                     counters.late_steps += 1
                     counters.max_lag_ns = max(counters.max_lag_ns, now - due)
+                while now < due:  # wait on the command socket: a command is received (and timed) on arrival
+                    if (msg := self._cmd.recv(timeout_ms=(due - now) / 1e6)) is not None:
+                        self._pending.append(msg)
+                    now = time.monotonic_ns()
             self._publish(readings)
             if k % truth_every == 0:
                 self._publish_truth()
+            if k % self._route_every == 0:
+                self._pub.publish(ROUTE_TOPIC, self._route, stamp_ns=self._epoch_ns + sim.sim_time_ns, frame_id=ODOM_FRAME)
             if on_status is not None and now >= next_status:
                 next_status = now + status_ns
                 on_status(self.report())
@@ -644,9 +514,11 @@ class SimBridge:
 
     def _apply_commands(self) -> None:
         """Apply every ``actuator.cmd`` that has arrived, in order (the last one holds until the next step)."""
-        sim, counters = self._sim, self._counters
+        sim, counters, pending = self._sim, self._counters, self._pending
         # recv(0) returns None at a hello or a rejected message too; what is behind it waits one step.
         while (msg := self._cmd.recv(timeout_ms=0)) is not None:
+            pending.append(msg)
+        for msg in pending:
             source = msg.header.source
             if source not in counters.sources:
                 counters.sources.add(source)
@@ -654,16 +526,26 @@ class SimBridge:
             if counters.braking:
                 counters.braking = False
                 log.info("actuator.cmd resumed after the command timeout")
+            sent = self._sent_pub_ns.get(msg.header.trace_id)
+            if sent is not None:
+                self._e2e_ms[self._e2e_count % _E2E_WINDOW] = (msg.recv_ns - sent) / 1e6
+                self._e2e_count += 1
             data = msg.data
             if data.get("stop", False):
                 sim.set_command(0.0, 0.0)
             else:
                 sim.set_command(data["v_mps"], data["omega_radps"])
+        pending.clear()
 
     def _publish(self, readings: list["Reading"]) -> None:
-        publish, epoch = self._pub.publish, self._epoch_ns
+        publish, epoch, sent, ring = self._pub.publish, self._epoch_ns, self._sent_pub_ns, self._sent_ring
         for r in readings:
-            publish(r.topic, r.data, stamp_ns=epoch + r.stamp_ns, frame_id=r.frame_id)
+            header = publish(r.topic, r.data, stamp_ns=epoch + r.stamp_ns, frame_id=r.frame_id)
+            i = self._sent_next
+            sent.pop(ring[i], None)
+            ring[i] = header.trace_id
+            sent[header.trace_id] = header.pub_ns
+            self._sent_next = (i + 1) % _TRACE_WINDOW
 
     def _publish_truth(self) -> None:
         t = self._sim.ground_truth()
@@ -714,11 +596,22 @@ class SimBridge:
                 "denied_keys": self._cmd.denied_keys,
                 "sources": sorted(counters.sources),
             },
+            "e2e_latency_ms": self._e2e_summary(),
             "command_timeouts": counters.command_timeouts,
             "braking": counters.braking,
             "collisions": sim_stats.collisions,
             "pose": {"x_m": truth.x_m, "y_m": truth.y_m, "yaw_rad": truth.yaw_rad, "v_mps": truth.v_mps},
         }
+
+    def _e2e_summary(self) -> dict[str, Any]:
+        """Sensor-to-command latency (ms): from the publication of the newest sensor message a command was computed
+        from (its trace id) to the command's arrival here, over the last commands that named one."""
+        n = min(self._e2e_count, _E2E_WINDOW)
+        if not n:
+            return {"count": 0, "p50": None, "p99": None, "max": None}
+        window = self._e2e_ms[:n]
+        return {"count": self._e2e_count, "p50": float(np.percentile(window, 50)),
+                "p99": float(np.percentile(window, 99)), "max": float(window.max())}
 
     def close(self) -> None:
         """Close the sockets and remove the info file (if it is still this bridge's). Idempotent."""
@@ -742,6 +635,15 @@ class SimBridge:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def route_in_start_frame(world: World) -> np.ndarray:
+    """(K, 2) float64: the world's centreline (start to goal) in the frame of its start pose, the frame the
+    odometry reports in (the base pose at reset)."""
+    start = world.start
+    c, s = math.cos(start.yaw_rad), math.sin(start.yaw_rad)
+    rel = np.asarray(world.centerline_xy_m, np.float64) - (start.x_m, start.y_m)
+    return np.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]], axis=1)
 
 
 def _whole(x: float, name: str, value: Any, allowed: str) -> int:

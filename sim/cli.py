@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(mode="realtime")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of sim time")
     parser.add_argument("--seed", type=int, default=None, help="world and episode seed (default: the preset's)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the final report here (atomically)")
     group = parser.add_argument_group("endpoints and keys (default: the preset's bridge section)")
     group.add_argument("--sensor-endpoint", metavar="E", help="bind the sensor publisher here")
     group.add_argument("--command-endpoint", metavar="E", help="bind the actuator.cmd subscriber here")
@@ -57,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     import yaml
     import zmq
 
+    from oni.bridge_client import BridgeError
     from oni.errors import SecurityError
     from robots.description import DescriptionError
-    from sim.bridge import BridgeError, SimBridge, load_bridge_settings
+    from sim.bridge import SimBridge, load_bridge_settings
     from sim.config import load_sim_config
 
     try:
@@ -101,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         bridge.close()
     _print_summary(report)
     print(json.dumps(report))
+    if args.json:
+        from oni.files import write_json
+
+        write_json(args.json, report)
     return 0
 
 

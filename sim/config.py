@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from robots import robot_path
+from robots import resolve_robot
 from robots.description import (
     DescriptionError,
     RobotDescription,
@@ -66,20 +66,8 @@ def sim_config_from_dict(raw: Mapping[str, Any], base_dir: Path | str = ".") -> 
     """:class:`SimConfig` from a parsed preset; relative robot paths resolve against ``base_dir``."""
     if not isinstance(raw, Mapping):
         raise DescriptionError("<preset>", raw, "must be a mapping with keys 'robot', 'world', 'sim'")
-    robot = raw.get("robot")
-    if not isinstance(robot, str) or not robot:
-        raise DescriptionError("robot", robot, "must be a shipped robot's name (e.g. 'turtlebot4') or a path to a description YAML")
-    if "/" in robot or robot.endswith((".yaml", ".yml")):
-        path = (Path(base_dir) / robot).resolve()
-        if not path.is_file():
-            raise DescriptionError("robot", robot, f"no such file: {path}")
-    else:
-        try:
-            path = robot_path(robot)
-        except FileNotFoundError as exc:
-            raise DescriptionError("robot", robot, str(exc)) from None
     return SimConfig(
-        robot_path=path,
+        robot_path=resolve_robot(raw.get("robot"), base_dir),
         world=hallway_params_from_dict(raw.get("world"), "world"),
         sim=build(SimSettings, raw.get("sim"), "sim"),
     )

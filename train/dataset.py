@@ -23,7 +23,9 @@ stamp (the control loop's own ticks), from the earliest message to the last one.
 - ``dt`` (T,) seconds since the previous tick (the period at tick 0); ``valid`` (T,) ones;
 - ``pose`` (T, 3) ``(x_m, y_m, yaw_rad)`` in the world frame and ``pose_mask`` (T,): ``sim.ground_truth``
   at the tick, linearly interpolated between samples at most ``ground_truth_max_gap_s`` apart (yaw along the
-  shorter arc), 0 where there is none. A loss and evaluation target only, never a model input.
+  shorter arc), 0 where there is none. A loss and evaluation target only, never a model input. A log whose
+  ``episode`` record names a ``pose_topic`` takes the pose from that topic's ``x_m``, ``y_m``, ``yaw_rad``
+  instead (an imported bag: its odometry, the best pose a real robot logs; see train/rosbag.py).
 
 Gymnasium adapter logs (``env.observation`` / ``env.action``) get one tick per env step, on the
 observations' own stamps: ``obs`` (T, D) with ``obs_mask``/``obs_age``, ``action`` (T, A) (the action
@@ -85,6 +87,7 @@ from robots.description import (
     number_field,
     robot_from_dict,
 )
+from robots.model_spec import observation_spec
 from worldmodel.observation import (
     IMU_CHANNELS,
     NormStats,
@@ -107,7 +110,6 @@ __all__ = [
     "load_episode",
     "load_report",
     "load_stats",
-    "observation_spec",
     "save_episode",
     "split_of",
 ]
@@ -198,32 +200,6 @@ def split_of(seed: int | None, name: str, config: DatasetConfig) -> str:
     if u < config.eval_fraction:
         return "eval"
     return "val" if u < config.eval_fraction + config.val_fraction else "train"
-
-
-def observation_spec(robot: RobotDescription, control_hz: float) -> ObservationSpec:
-    """The world model's observation spec of ``robot`` at ``control_hz``: one sensor per kind, IMU samples per
-    tick ``K = ceil(imu_rate / control_hz)``, the drive's command topic as the action."""
-    chosen: dict[str, Any] = {}
-    for kind in ("lidar", "depth", "imu", "odom"):
-        sensors = robot.sensors_of_kind(kind)
-        if len(sensors) > 1:
-            raise DescriptionError(
-                f"robot.sensors[{kind}]", [s.name for s in sensors], "the world model takes at most one sensor of each kind"
-            )
-        if sensors:
-            chosen[kind] = sensors[0]
-    topics = {kind: s.topic for kind, s in chosen.items()}
-    topics["action"] = robot.drive.topic
-    lidar, depth, imu = chosen.get("lidar"), chosen.get("depth"), chosen.get("imu")
-    return ObservationSpec(
-        lidar_beams=lidar.params.beams if lidar else 0,
-        depth_height=depth.params.height if depth else 0,
-        depth_width=depth.params.width if depth else 0,
-        # The epsilon keeps an exact ratio (200 / 50) from rounding up on float error.
-        imu_samples=math.ceil(imu.rate_hz / control_hz - 1e-9) if imu else 0,
-        odom="odom" in chosen,
-        topics=topics,
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -536,7 +512,8 @@ def build_episode(
                 truncated[k] = float(bool(d["truncated"]))
         data.update(reward=reward, done=done, truncated=truncated)
     else:
-        data["pose"], data["pose_mask"] = _pose(ticks, content.messages.get(_GT_TOPIC, []), round(ground_truth_max_gap_s * _NS))
+        pose_topic = episode_record.get("pose_topic", _GT_TOPIC)
+        data["pose"], data["pose_mask"] = _pose(ticks, content.messages.get(pose_topic, []), round(ground_truth_max_gap_s * _NS))
 
     warning = content.problem
     if warning:

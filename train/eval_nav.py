@@ -51,11 +51,14 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from robots.model_spec import observation_spec, robot_geometry
+from worldmodel.planner.route import Route, RouteGoal, RouteGoalConfig
 
 log = logging.getLogger("train.eval_nav")
 
@@ -64,20 +67,16 @@ __all__ = [
     "NavConfig",
     "OracleMPC",
     "PolicyController",
-    "Route",
-    "RouteGoal",
     "SimRollout",
     "WorldModelMPC",
     "evaluate_navigation",
     "nav_seeds",
     "register",
-    "robot_geometry",
     "run",
     "run_episode",
     "summarize",
     "table",
     "targets",
-    "to_robot_frame",
 ]
 
 #: Controllers in report order.
@@ -93,9 +92,8 @@ class NavConfig:
     ``episodes``: worlds per controller. ``seed_start``: the first world seed considered (eval-split seeds are
     taken from here up). ``max_duration_s``, ``goal_radius_m``, ``stuck_s`` (0: never), ``stuck_distance_m``: how an
     episode ends. ``control_hz``: the tick rate of every controller. ``replan_hz``: the world-model planner's rate
-    (a divisor of ``control_hz``). ``lookahead_m``: how far along the centreline the planners' goal point is;
-    ``recover_*``, ``backup_*``, ``detour_*``: the planners' recovery when progress stalls (:class:`RouteGoal`;
-    ``recover_window_s`` 0: none).
+    (a divisor of ``control_hz``). ``route``: where along the centreline the planners' goal point is, and their
+    recovery when progress stalls (:class:`~worldmodel.planner.route.RouteGoalConfig`, as the runtime's).
     ``oracle_samples``, ``oracle_beam_stride``, ``oracle_replan_hz``, ``oracle_threads``: the oracle's reductions
     and its rollout threads. ``anytime``: apply the planner's time budget (else a fixed number of rounds).
     """
@@ -109,13 +107,7 @@ class NavConfig:
     stuck_distance_m: float = 0.3
     control_hz: float = 50.0
     replan_hz: float = 10.0
-    lookahead_m: float = 1.5
-    recover_window_s: float = 10.0
-    recover_progress_m: float = 0.3
-    backup_m: float = 1.0
-    backup_s: float = 4.0
-    detour_m: float = 0.8
-    detour_s: float = 8.0
+    route: RouteGoalConfig = field(default_factory=RouteGoalConfig)
     oracle_samples: int = 32
     oracle_beam_stride: int = 4
     oracle_replan_hz: float = 5.0
@@ -128,12 +120,11 @@ class NavConfig:
         unknown = sorted(set(self.controllers) - set(CONTROLLERS))
         if unknown or not self.controllers:
             raise ValueError(f"controllers {list(self.controllers)}: choose from {list(CONTROLLERS)}")
-        for name in ("max_duration_s", "goal_radius_m", "control_hz", "lookahead_m", "stuck_distance_m",
-                     "recover_progress_m", "backup_m", "backup_s", "detour_m", "detour_s"):
+        for name in ("max_duration_s", "goal_radius_m", "control_hz", "stuck_distance_m"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} = {value!r}: must be a positive number")
-        for name in ("stuck_s", "recover_window_s"):
+        for name in ("stuck_s",):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: must be >= 0 (0: off)")
         for name in ("replan_hz", "oracle_replan_hz"):
@@ -165,120 +156,6 @@ def nav_seeds(count: int, dataset_section: Mapping[str, Any] | None, start: int 
         raise ValueError(f"only {len(seeds)} eval-split seeds in [{start}, {start + limit}); wanted {count} "
                          "(raise dataset.eval_fraction or list more dataset.eval_seeds)")
     return seeds
-
-
-class Route:
-    """The corridor centreline (K, 2) in the world frame: arc length of the nearest point, and the point a given
-    distance further along (clamped at the goal end)."""
-
-    def __init__(self, centerline_xy_m: np.ndarray) -> None:
-        points = np.asarray(centerline_xy_m, np.float64)
-        seg = np.diff(points, axis=0)
-        length = np.hypot(seg[:, 0], seg[:, 1])
-        keep = length > 0
-        self.end = points[-1].copy()
-        self._start = points[:-1][keep]
-        self._length = length[keep]
-        self._dir = seg[keep] / self._length[:, None] if keep.any() else seg[keep]
-        self._s0 = np.concatenate(([0.0], np.cumsum(self._length)[:-1]))
-        self.length_m = float(self._length.sum())
-
-    def arc_length_m(self, x_m: float, y_m: float) -> float:
-        """Arc length (m) of the centreline point nearest (x, y)."""
-        if not len(self._length):
-            return 0.0
-        rel = np.array([x_m, y_m]) - self._start
-        t = np.clip(np.einsum("ij,ij->i", rel, self._dir), 0.0, self._length)
-        off = rel - self._dir * t[:, None]
-        k = int(np.argmin(np.einsum("ij,ij->i", off, off)))
-        return float(self._s0[k] + t[k])
-
-    def point_at(self, s_m: float) -> tuple[float, float]:
-        """The centreline point at arc length ``s_m`` (clamped to the ends)."""
-        if not len(self._length) or s_m >= self.length_m:
-            return float(self.end[0]), float(self.end[1])
-        k = self._segment(s_m)
-        p = self._start[k] + self._dir[k] * (max(s_m, 0.0) - self._s0[k])
-        return float(p[0]), float(p[1])
-
-    def direction_at(self, s_m: float) -> tuple[float, float]:
-        """The centreline's unit direction at arc length ``s_m`` ((1, 0) for a route without length)."""
-        if not len(self._length):
-            return 1.0, 0.0
-        d = self._dir[self._segment(min(s_m, self.length_m - 1e-9))]
-        return float(d[0]), float(d[1])
-
-    def _segment(self, s_m: float) -> int:
-        return max(0, int(np.searchsorted(self._s0, s_m, side="right")) - 1)
-
-
-def to_robot_frame(x_m: float, y_m: float, yaw_rad: float, point: tuple[float, float]) -> np.ndarray:
-    """(2,) a world point in the frame of the robot at (x, y, yaw)."""
-    dx, dy = point[0] - x_m, point[1] - y_m
-    c, s = math.cos(yaw_rad), math.sin(yaw_rad)
-    return np.array([c * dx + s * dy, -s * dx + c * dy])
-
-
-class RouteGoal:
-    """Where the planners head: the centreline point ``lookahead_m`` beyond the one nearest the pose, with a recovery
-    from the local minima of a short-horizon planner.
-
-    A planner that looks 2 s ahead toward a point on the centreline can settle in a pocket among obstacles whose
-    only exit leads away from that point for longer than its horizon. When the pose has not advanced
-    ``recover_progress_m`` along the route for ``recover_window_s``, the goal becomes, for ``backup_s``, the route
-    point ``backup_m`` behind the pose (the robot backs out), then, for ``detour_s``, the lookahead point moved
-    ``detour_m`` sideways, to the side of the centreline the robot was not on (alternating when it was on it). The
-    world-model MPC feeds it its odometry pose, the oracle the true pose: the same rule for both.
-    """
-
-    def __init__(self, route: Route, nav: NavConfig) -> None:
-        self.route = route
-        self.nav = nav
-        self.recoveries = 0
-        self._best_s = -math.inf
-        self._best_t = 0.0
-        self._backup_until = self._detour_until = -math.inf
-        self._side = 1.0
-
-    def __call__(self, t_s: float, x_m: float, y_m: float, yaw_rad: float) -> np.ndarray:
-        """(2,) the goal in the frame of the robot at (x, y, yaw) at time ``t_s`` (s since the episode start)."""
-        nav, route = self.nav, self.route
-        s = route.arc_length_m(x_m, y_m)
-        if s > self._best_s + nav.recover_progress_m:
-            self._best_s, self._best_t = s, t_s
-        elif nav.recover_window_s > 0 and t_s - self._best_t > nav.recover_window_s and t_s >= self._detour_until:
-            self.recoveries += 1
-            dx, dy = route.direction_at(s)
-            cx, cy = route.point_at(s)
-            offset = dx * (y_m - cy) - dy * (x_m - cx)  # > 0: left of the centreline
-            self._side = -math.copysign(1.0, offset) if abs(offset) > 0.1 else -self._side
-            self._backup_until = t_s + nav.backup_s
-            self._detour_until = self._backup_until + nav.detour_s
-            self._best_t = self._detour_until  # a fresh window after the recovery
-        if t_s < self._backup_until:
-            return to_robot_frame(x_m, y_m, yaw_rad, route.point_at(s - nav.backup_m))
-        ahead = s + nav.lookahead_m
-        gx, gy = route.point_at(ahead)
-        if t_s < self._detour_until:
-            dx, dy = route.direction_at(ahead)
-            gx, gy = gx - dy * self._side * nav.detour_m, gy + dx * self._side * nav.detour_m
-        return to_robot_frame(x_m, y_m, yaw_rad, (gx, gy))
-
-
-def robot_geometry(robot: Any, beam_stride: int = 1) -> Any:
-    """The planner's :class:`~worldmodel.planner.RobotGeometry` of a robot description (its footprint and first
-    LiDAR); ``beam_stride`` keeps every k-th beam (the oracle's reduced scan)."""
-    from worldmodel.planner import RobotGeometry
-
-    lidars = robot.sensors_of_kind("lidar")
-    if not lidars:
-        raise ValueError(f"robot {robot.name!r} has no LiDAR: the planner's collision cost reads predicted ranges")
-    lidar = lidars[0]
-    params = lidar.params
-    return RobotGeometry(radius_m=robot.base.radius_m, lidar_xy_m=tuple(lidar.mount.xyz_m[:2]),
-                         lidar_yaw_rad=lidar.mount.rpy_rad[2], angle_min_rad=params.angle_min_rad,
-                         angle_increment_rad=params.angle_increment_rad * beam_stride,
-                         beams=len(range(0, params.beams, beam_stride)))
 
 
 def _compose(start: Any, x: float, y: float, yaw: float) -> tuple[float, float, float]:
@@ -348,12 +225,11 @@ class WorldModelMPC:
     name = "wm_mpc"
 
     def __init__(self, backend: Any, planner_config: Any, robot: Any, nav: NavConfig, max_age_s: float) -> None:
-        from train.dataset import observation_spec
         from worldmodel.observation import TickAssembler
         from worldmodel.planner import NavigationCost, SamplingPlanner
 
         spec = observation_spec(robot, nav.control_hz)
-        geometry = robot_geometry(robot)
+        geometry = robot_geometry(robot, backend.io.beam_stride)  # the beams the rollout decodes
         if backend.io.beams != geometry.beams:
             raise ValueError(f"the model predicts {backend.io.beams} LiDAR beams, the robot's LiDAR has {geometry.beams}")
         self.backend = backend
@@ -364,6 +240,9 @@ class WorldModelMPC:
         cfg = planner_config
         cost = NavigationCost(cfg.cost, geometry, cfg.samples, cfg.horizon, cfg.action_low, cfg.action_high)
         self.planner = SamplingPlanner(cfg, cost, backend.rollout)
+        # The latest scan on the planner's beams, for its scan_collision term (as the runtime does).
+        self._scan = self.assembler.out["lidar"][::backend.io.beam_stride]
+        self._no_return_m = robot.sensors_of_kind("lidar")[0].params.range_max_m
         self._player = _Player(cfg.horizon, cfg.action_dim, cfg.step_dt_s)
         self._replan_every = round(nav.control_hz / nav.replan_hz)
         self._action = np.zeros(cfg.action_dim, np.float32)
@@ -381,7 +260,7 @@ class WorldModelMPC:
         self.assembler.reset()
         self.planner.reset(episode.seed)
         self.state = self.backend.initial_state()
-        self._goal = RouteGoal(episode.route, self.nav)
+        self._goal = RouteGoal(episode.route, self.nav.route)
         self._start = episode.world.start
         self._odom = (0.0, 0.0, 0.0)
         self._tick = 0
@@ -403,6 +282,8 @@ class WorldModelMPC:
         if self._tick % self._replan_every == 0:
             goal = self._goal(t_ns / _NS, *_compose(self._start, *self._odom))
             elapsed = None if self._last_plan_ns is None else (t_ns - self._last_plan_ns) / _NS
+            if self.assembler.stats["lidar"].accepted:
+                self.planner.cost.set_scan(self._scan, self._no_return_m)
             result = self.planner.plan(self.state, goal, self._action, elapsed)
             self._player.set(result.plan, t_ns)
             self._last_plan_ns = t_ns
@@ -541,7 +422,7 @@ class OracleMPC:
             self.planner = SamplingPlanner(cfg, self._cost, rollout)
             self._sim = episode.sim
         self.planner.reset(episode.seed)
-        self._goal = RouteGoal(episode.route, self.nav)
+        self._goal = RouteGoal(episode.route, self.nav.route)
         self._tick = 0
         self._last_plan_ns = None
         self._action.fill(0.0)
@@ -774,8 +655,9 @@ def evaluate_navigation(preset: Mapping[str, Any], preset_dir: Path, nav: NavCon
                 continue
             from worldmodel.backends import create_backend
 
+            stride = int(dict((preset.get("runtime") or {}).get("backend") or {}).get("beam_stride", 1))
             backend = create_backend(dataclasses.replace(backend_config, horizon=planner_cfg.horizon,
-                                                         max_samples=planner_cfg.samples))
+                                                         max_samples=planner_cfg.samples, beam_stride=stride))
             backend_name = backend.name
             controllers.append(WorldModelMPC(backend, planner_cfg, robot, nav, max_age_s))
         elif name == "gap":
@@ -827,7 +709,7 @@ def evaluate_navigation(preset: Mapping[str, Any], preset_dir: Path, nav: NavCon
         "method": {
             "seeds": "world seeds of the dataset's eval split (train.dataset.split_of), never trained on",
             "wm_mpc": f"belief updated every tick at {nav.control_hz:g} Hz (TickAssembler), replanning at "
-                      f"{nav.replan_hz:g} Hz, goal = centreline point {nav.lookahead_m:g} m ahead of the "
+                      f"{nav.replan_hz:g} Hz, goal = centreline point {nav.route.lookahead_m:g} m ahead of the "
                       "odometry pose estimate (no ground truth)",
             "oracle": f"same planner, candidates simulated by MuJoCo from the true state ({nav.oracle_samples} samples, "
                       f"every {nav.oracle_beam_stride}th LiDAR beam, replanning at {nav.oracle_replan_hz:g} Hz)",
@@ -867,8 +749,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"episode time limit, sim seconds (default {d.max_duration_s:g})")
     parser.add_argument("--replan-hz", type=float, default=d.replan_hz, metavar="HZ",
                         help=f"world-model planner rate; the belief updates at {d.control_hz:g} Hz (default {d.replan_hz:g})")
-    parser.add_argument("--lookahead-m", type=float, default=d.lookahead_m, metavar="M",
-                        help=f"the planners' goal: this far along the centreline (default {d.lookahead_m:g})")
+    parser.add_argument("--lookahead-m", type=float, default=d.route.lookahead_m, metavar="M",
+                        help=f"the planners' goal: this far along the centreline (default {d.route.lookahead_m:g})")
     parser.add_argument("--oracle-samples", type=int, default=d.oracle_samples, metavar="N",
                         help=f"candidates per oracle round (default {d.oracle_samples})")
     parser.add_argument("--oracle-replan-hz", type=float, default=d.oracle_replan_hz, metavar="HZ",
@@ -900,7 +782,7 @@ def run(args: argparse.Namespace) -> int:
         preset = yaml.safe_load(path.read_text()) or {}
         nav = NavConfig(episodes=args.episodes, controllers=tuple(c for c in args.controllers.split(",") if c),
                         seed_start=args.seed_start, max_duration_s=args.max_duration_s, replan_hz=args.replan_hz,
-                        lookahead_m=args.lookahead_m, oracle_samples=args.oracle_samples,
+                        route=RouteGoalConfig(lookahead_m=args.lookahead_m), oracle_samples=args.oracle_samples,
                         oracle_replan_hz=args.oracle_replan_hz, oracle_threads=args.oracle_threads, anytime=args.anytime)
         backend = None
         if args.checkpoint or args.export_dir:

@@ -256,11 +256,9 @@ def lidar_no_return_m(preset: Mapping[str, Any], base_dir: str | os.PathLike[str
     robot = preset.get("robot")
     if not isinstance(robot, str) or not robot:
         return 0.0
-    from robots import robot_path
-    from robots.description import load_robot
+    from robots import load_robot, resolve_robot
 
-    path = (Path(base_dir) / robot) if ("/" in robot or robot.endswith((".yaml", ".yml"))) else robot_path(robot)
-    for sensor in load_robot(path).sensors:
+    for sensor in load_robot(resolve_robot(robot, base_dir)).sensors:
         if sensor.kind == "lidar":
             return float(sensor.params.range_max_m)  # type: ignore[attr-defined]
     return 0.0

@@ -27,6 +27,12 @@ COMMANDS: dict[str, str] = {
     "eval": "train.evaluate",
     "eval-nav": "train.eval_nav",
     "export": "worldmodel.export.cli",
+    "node": "robots.node",
+    "run": "train.run_job",
+    "import-bag": "train.rosbag",
+    "export-bag": "train.rosbag",
+    "ros2-bridge": "robots.ros2.dds_bridge",
+    "view-log": "robots.foxglove_view",
 }
 #: ``oniwm bench NAME`` -> module that registers it.
 BENCHES: dict[str, str] = {"transport": "oni.cli.bench_transport", "sim": "sim.bench", "model": "train.bench_model",

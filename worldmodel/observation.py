@@ -97,7 +97,7 @@ class ObservationSpec:
     ``topics`` maps each present modality, and ``action``, to its ONI topic; missing entries take the
     defaults (``sensor.lidar`` ..., ``actuator.cmd``, or ``env.action`` when ``obs_dim`` > 0).
 
-    ``train.dataset.observation_spec(robot, control_hz)`` builds one from a robot description.
+    ``robots.model_spec.observation_spec(robot, control_hz)`` builds one from a robot description.
     """
 
     lidar_beams: int = 0

@@ -60,6 +60,7 @@ CORE_TOPICS = (
     "sim.ground_truth",
     "env.observation",
     "env.action",
+    "nav.route",
 )
 
 
@@ -434,6 +435,7 @@ SAMPLES: dict[str, dict] = {
     "env.observation": {"observation": rng0.normal(0.0, 1.0, 17).astype(np.float32), "reward": -0.25,
                         "terminated": False, "truncated": True, "episode_step": 1000},
     "env.action": {"action": np.array([0.5, -1.0, 0.0, 1.0, 0.25, -0.75], np.float32), "clipped": True, "rejected": False},
+    "nav.route": {"waypoints_m": np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 3.5]]), "goal_radius_m": 0.5},
 }
 
 

@@ -27,16 +27,14 @@ from oni.message import Message
 from oni.security import ClientSecurity, KeyPair
 from oni.transport import Publisher
 from robots.description import DescriptionError
-from sim.bridge import (
+from oni.bridge_client import (
     BridgeError,
-    BridgeSettings,
-    SimBridge,
-    bridge_settings_from_dict,
     connect_command_publisher,
     connect_sensor_subscriber,
     ensure_client_keys,
     read_bridge_info,
 )
+from sim.bridge import BridgeSettings, SimBridge, bridge_settings_from_dict
 from sim.config import SimConfig, load_sim_config
 
 pytestmark = pytest.mark.timeout(120)

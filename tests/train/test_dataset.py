@@ -18,6 +18,7 @@ from oni.mcap_log import LogWriter
 from oni.message import Header, Message
 from robots import robot_path
 from robots.description import load_robot, robot_from_dict
+from robots.model_spec import observation_spec
 from train.dataset import (
     DatasetConfig,
     EpisodeError,
@@ -29,7 +30,6 @@ from train.dataset import (
     load_report,
     load_stats,
     main,
-    observation_spec,
     split_of,
 )
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.eval_nav import NavConfig, Route, RouteGoal, nav_seeds, robot_geometry, summarize, targets
+from robots.model_spec import robot_geometry
+from train.eval_nav import NavConfig, nav_seeds, summarize, targets
+from worldmodel.planner.route import Route, RouteGoal, RouteGoalConfig
 
 SMALL_PRESET = """
 robot: turtlebot4
@@ -28,7 +30,12 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from train.synthetic import SyntheticCorridor, SyntheticSpec
     from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.model import WorldModel, compute_normalization, modalities_from_batch, model_config
+    from worldmodel.model import (
+        WorldModel,
+        compute_normalization,
+        modalities_from_batch,
+        model_config,
+    )
 
     data = SyntheticCorridor(SyntheticSpec(episodes=1, duration_s=3.0), 32)
     batch = {k: torch.stack([data[0][k]]) for k in data[0]}
@@ -96,7 +103,7 @@ def test_world_model_mpc_wiring_reaches_the_goal_with_a_perfect_model(tmp_path):
         """observe records what it is given; rollout simulates the candidates from the true state."""
 
         name = "sim"
-        io = SimpleNamespace(beams=360)
+        io = SimpleNamespace(beams=360, beam_stride=1)
 
         def __init__(self) -> None:
             self._rollout = SimRollout(sim, cfg.samples, cfg.horizon, cfg.step_dt_s, 1, 1)
@@ -139,13 +146,13 @@ def test_route_lookahead_point_in_the_robot_frame():
     assert route.point_at(99.0) == pytest.approx((4.0, 3.0))
     assert route.direction_at(1.0) == pytest.approx((1.0, 0.0)) and route.direction_at(5.0) == pytest.approx((0.0, 1.0))
     # At (3.5, 0) facing +y, 1.5 m ahead along the route is (4, 1): 1 m ahead and 0.5 m to the right.
-    goal = RouteGoal(route, NavConfig(lookahead_m=1.5))
+    goal = RouteGoal(route, RouteGoalConfig(lookahead_m=1.5))
     np.testing.assert_allclose(goal(0.0, 3.5, 0.0, math.pi / 2), [1.0, -0.5], atol=1e-9)
 
 
 def test_route_goal_backs_out_then_detours_when_progress_stalls():
     route = Route(np.array([[0.0, 0.0], [10.0, 0.0]]))
-    nav = NavConfig(recover_window_s=10.0, backup_s=4.0, detour_s=8.0, backup_m=1.0, detour_m=0.8, lookahead_m=1.5)
+    nav = RouteGoalConfig(recover_window_s=10.0, backup_s=4.0, detour_s=8.0, backup_m=1.0, detour_m=0.8, lookahead_m=1.5)
     goal = RouteGoal(route, nav)
     pose = (3.0, 0.3, 0.0)  # left of the centreline, facing along it
     np.testing.assert_allclose(goal(0.0, *pose), [1.5, -0.3])
@@ -155,7 +162,7 @@ def test_route_goal_backs_out_then_detours_when_progress_stalls():
     np.testing.assert_allclose(goal(15.0, *pose), [1.5, -1.1])  # then detour to the right side
     np.testing.assert_allclose(goal(23.0, *pose), [1.5, -0.3])  # and back to the route
     np.testing.assert_allclose(goal(24.0, 5.0, 0.0, 0.0), [1.5, 0.0])  # progress resets the window
-    off = RouteGoal(route, NavConfig(recover_window_s=0.0))
+    off = RouteGoal(route, RouteGoalConfig(recover_window_s=0.0))
     np.testing.assert_allclose(off(100.0, *pose), [1.5, -0.3])
 
 

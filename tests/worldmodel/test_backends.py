@@ -170,6 +170,18 @@ def test_torch_backend_equals_the_model_verbs(exported):
     np.testing.assert_allclose(pred.pose_std, pose_var.sqrt().numpy(), atol=1e-6)
 
 
+def test_a_strided_rollout_decodes_exactly_the_kept_beams_of_the_full_one(exported):
+    model = exported[0]
+    full, strided = TorchBackend(model, H, N), TorchBackend(model, H, N, beam_stride=4)
+    assert strided.io.beams == len(range(0, full.io.beams, 4)) and strided.io.beam_stride == 4
+    state = full.initial_state()
+    actions = np.random.default_rng(1).uniform(-0.5, 0.5, (N, H, 2)).astype(np.float32)
+    a, b = full.rollout(state, actions, 0.2).copy(), strided.rollout(state, actions, 0.2)
+    np.testing.assert_allclose(b.lidar_mean_m, a.lidar_mean_m[..., ::4], atol=1e-5)
+    np.testing.assert_allclose(b.lidar_std_m, a.lidar_std_m[..., ::4], rtol=1e-5)
+    np.testing.assert_allclose(b.pose_mean, a.pose_mean, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The interface and the buffer contract, on every backend available here.
 

@@ -140,10 +140,17 @@ def test_cli_exports_and_prints_the_parity(run):
     _, ckpt, root = run
     out = root / "cli"
     result = subprocess.run([*ONIWM, "export", "--checkpoint", str(ckpt.parent.parent), "--format", "onnx", "--out", str(out),
-                             "--horizon", "3", "--max-samples", "8"], capture_output=True, text=True, timeout=120)
+                             "--horizon", "3", "--max-samples", "8", "--beam-stride", "4"], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert "parity vs torch" in result.stdout and "rollout.onnx" in result.stdout
-    assert json.loads((out / "metadata.json").read_text())["io"]["horizon"] == 3
+    io = json.loads((out / "metadata.json").read_text())["io"]
+    assert (io["horizon"], io["beam_stride"], io["beams"]) == (3, 4, 12)
+    backend = create_backend(BackendConfig(name="onnxruntime", export_dir=str(out), horizon=3, max_samples=8,
+                                           beam_stride=4))
+    assert backend.rollout(backend.initial_state(), np.zeros((2, 3, 2), np.float32), 0.2).lidar_mean_m.shape == (2, 3, 12)
+    with pytest.raises(ExportError, match="beam_stride is 1; re-export with --beam-stride 1"):
+        create_backend(BackendConfig(name="onnxruntime", export_dir=str(out), horizon=3, max_samples=8))
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the refusal is for machines without it")

@@ -208,10 +208,33 @@ def test_anytime_a_tiny_budget_returns_a_valid_plan():
     assert np.all(result.plan >= np.float32(LOW)) and np.all(result.plan <= np.float32(HIGH))
     assert set(result.terms) == set(TERMS)
 
-    planner, rollout = make_planner(AnalyticWorld(), iterations=50, min_iterations=0, time_budget_ms=1e-6)
+    # min_iterations 0 with chunks: only the first chunk (the warm start among its candidates) is sure to run.
+    planner, rollout = make_planner(AnalyticWorld(), iterations=50, min_iterations=0, time_budget_ms=1e-6, chunk=64)
     result = planner.plan(START, np.array([3.0, 0.0]), ZERO)
-    assert result.iterations == 0 and rollout.calls == 0 and math.isnan(result.cost)
-    np.testing.assert_array_equal(result.plan, np.zeros((10, 2)))  # the warm start: at rest
+    assert result.iterations == 1 and rollout.calls == 1 and planner.evaluated == 64 and math.isfinite(result.cost)
+
+
+def test_chunks_cut_a_round_when_the_budget_ends_and_score_like_one_call():
+    # Without a budget, chunked and unchunked planners draw the same candidates and find the same plan.
+    whole, _ = make_planner(AnalyticWorld(), iterations=2)
+    chunked, rollout = make_planner(AnalyticWorld(), iterations=2, chunk=64)
+    a = whole.plan(START, np.array([3.0, 0.5]), ZERO)
+    b = chunked.plan(START, np.array([3.0, 0.5]), ZERO)
+    assert rollout.calls == 8 and chunked.evaluated == 512
+    np.testing.assert_allclose(b.plan, a.plan, atol=1e-6)
+    assert b.cost == pytest.approx(a.cost)
+    # A slow predictor and a 25 ms budget: the round stops between chunks, with a valid plan of what was scored.
+    planner, rollout = make_planner(AnalyticWorld(), iterations=5, min_iterations=0, time_budget_ms=25.0, chunk=32)
+    inner = planner.rollout
+
+    def slow(state, actions, dt):
+        time.sleep(0.01)
+        return inner(state, actions, dt)
+
+    planner.rollout = slow
+    result = planner.plan(START, np.array([3.0, 0.0]), ZERO)
+    assert 32 <= planner.evaluated < 256 and result.iterations == 1 and math.isfinite(result.cost)
+    assert result.elapsed_ms < 60.0
 
 
 def test_anytime_stops_when_the_budget_is_spent_and_keeps_the_best_found():
@@ -451,3 +474,23 @@ def test_the_planner_imports_without_torch():
     code = "import sys, worldmodel.planner; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_scan_collision_counts_the_steps_whose_predicted_pose_overlaps_a_measured_return():
+    weights = CostWeights(scan_collision=2.0, safety_distance_m=0.05)
+    cost = NavigationCost(weights, GEOMETRY, 2, 3, LOW, HIGH)
+    ranges = np.full(GEOMETRY.beams, 50.0, np.float32)  # 50 m: no return
+    front = int(np.argmin(np.abs(np.angle(np.exp(1j * (GEOMETRY.lidar_yaw_rad + GEOMETRY.angle_min_rad
+                                                     + np.arange(GEOMETRY.beams) * GEOMETRY.angle_increment_rad))))))
+    ranges[front] = 1.0  # one return 1 m ahead of the LiDAR
+    cost.set_scan(ranges, no_return_m=12.0)
+    lidar = np.full((2, 3, GEOMETRY.beams), 5.0, np.float32)
+    pose = np.zeros((2, 3, 3), np.float32)
+    pose[0, :, 0] = [0.3, 0.6, 0.9]  # drives into the return: within the disc at its last step
+    pose[1, :, 1] = [0.3, 0.6, 0.9]  # drives sideways: never near it
+    out = np.zeros(2)
+    cost(lidar, lidar * 0.01, pose, np.zeros((2, 3, 2), np.float32), np.array([3.0, 0.0]), ZERO, out)
+    mx = GEOMETRY.lidar_xy_m[0]
+    inside = sum(abs(1.0 + mx - x) < GEOMETRY.radius_m + 0.05 for x in (0.3, 0.6, 0.9))
+    assert cost.terms["scan_collision"][0] == pytest.approx(2.0 * inside) and inside >= 1
+    assert cost.terms["scan_collision"][1] == 0.0

@@ -125,8 +125,10 @@ class IOSpec:
 
     ``obs``: per-tick observation inputs ``(name, shape)`` in graph order: per modality its value, ``_mask`` and
     ``_age``, shaped as one tick of ``TickAssembler`` output (no batch dim). ``deter``/``stoch``/``action_dim``:
-    widths. ``lidar``: the ranges modality the rollout decodes, ``beams`` its size. ``horizon`` H: steps of a
-    rollout (fixed in the graph: the loop is unrolled). ``max_samples``: the largest N buffers are sized for.
+    widths. ``lidar``: the ranges modality the rollout decodes; ``beam_stride`` k: it decodes every k-th beam
+    (0, k, 2k, ...; the head's output rows for the others are never computed, so the kept beams are exactly the
+    full head's), ``beams`` how many that is. ``horizon`` H: steps of a rollout (fixed in the graph: the loop is
+    unrolled). ``max_samples``: the largest N buffers are sized for.
     """
 
     obs: tuple[tuple[str, tuple[int, ...]], ...]
@@ -137,24 +139,27 @@ class IOSpec:
     beams: int
     horizon: int
     max_samples: int
+    beam_stride: int = 1
 
     @classmethod
-    def from_model_config(cls, config: Any, horizon: int, max_samples: int) -> IOSpec:
+    def from_model_config(cls, config: Any, horizon: int, max_samples: int, beam_stride: int = 1) -> IOSpec:
         """From a :class:`worldmodel.model.ModelConfig`; raises :class:`ExportError` when the model cannot feed
         the planner (the rollout decodes one ranges modality and the pose head)."""
         ranges = [m for m in config.modalities if m.kind == "ranges"]
         if len(ranges) != 1 or not config.pose_head:
             raise ExportError(f"the planner's rollout decodes one ranges modality (LiDAR) and the pose head; this model "
                               f"has ranges modalities {[m.name for m in ranges]} and pose_head={config.pose_head}")
-        if horizon < 1 or max_samples < 1:
-            raise ExportError(f"horizon ({horizon}) and max_samples ({max_samples}) must be >= 1")
+        if horizon < 1 or max_samples < 1 or beam_stride < 1:
+            raise ExportError(f"horizon ({horizon}), max_samples ({max_samples}) and beam_stride ({beam_stride}) "
+                              "must be >= 1")
         obs: list[tuple[str, tuple[int, ...]]] = []
         for m in config.modalities:
             obs.append((m.name, tuple(m.shape)))
             obs.append((f"{m.name}_mask", (m.shape[0],) if m.has_sample_mask else ()))
             obs.append((f"{m.name}_age", ()))
+        beams = len(range(0, int(ranges[0].shape[0]), int(beam_stride)))
         return cls(tuple(obs), int(config.deter), int(config.stoch), int(config.action_dim), ranges[0].name,
-                   int(ranges[0].shape[0]), int(horizon), int(max_samples))
+                   beams, int(horizon), int(max_samples), int(beam_stride))
 
     def observe_inputs(self) -> list[tuple[str, tuple[int, ...]]]:
         """The belief-update graph's inputs in order: state, previous action, dt, then :attr:`obs`, each with a
@@ -178,13 +183,13 @@ class IOSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"obs": [[name, list(shape)] for name, shape in self.obs], "deter": self.deter, "stoch": self.stoch,
                 "action_dim": self.action_dim, "lidar": self.lidar, "beams": self.beams, "horizon": self.horizon,
-                "max_samples": self.max_samples}
+                "max_samples": self.max_samples, "beam_stride": self.beam_stride}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> IOSpec:
         obs = tuple((str(name), tuple(int(s) for s in shape)) for name, shape in raw["obs"])
         return cls(obs, int(raw["deter"]), int(raw["stoch"]), int(raw["action_dim"]), str(raw["lidar"]),
-                   int(raw["beams"]), int(raw["horizon"]), int(raw["max_samples"]))
+                   int(raw["beams"]), int(raw["horizon"]), int(raw["max_samples"]), int(raw.get("beam_stride", 1)))
 
 
 @dataclass(frozen=True)
@@ -193,8 +198,8 @@ class BackendConfig:
 
     ``name``: one of :data:`BACKEND_NAMES`. ``checkpoint``: a checkpoint or run directory (``torch``).
     ``export_dir``: the output of ``oniwm export`` (``onnxruntime``: its ``.onnx`` graphs; ``tensorrt``: its
-    engines). ``horizon`` H and ``max_samples`` N of the rollout (a compiled backend checks them against its
-    export). ``threads``: intra-op threads of the rollout (0: every core); ``observe_threads``: of the batch-1
+    engines). ``horizon`` H, ``max_samples`` N and ``beam_stride`` (decode every k-th LiDAR beam) of the rollout
+    (a compiled backend checks them against its export). ``threads``: intra-op threads of the rollout (0: every core); ``observe_threads``: of the batch-1
     belief update, where a second thread costs more in hand-off than it saves (default 1).
     """
 
@@ -203,13 +208,14 @@ class BackendConfig:
     export_dir: str = ""
     horizon: int = 10
     max_samples: int = 256
+    beam_stride: int = 1
     threads: int = 0
     observe_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in BACKEND_NAMES:
             raise ValueError(f"backend.name {self.name!r} is not one of {list(BACKEND_NAMES)}")
-        for field in ("horizon", "max_samples", "observe_threads"):
+        for field in ("horizon", "max_samples", "beam_stride", "observe_threads"):
             if int(getattr(self, field)) < 1:
                 raise ValueError(f"backend.{field} must be >= 1, got {getattr(self, field)}")
         if self.threads < 0:
@@ -267,6 +273,10 @@ def check_sizes(io: IOSpec, config: BackendConfig, where: str) -> None:
     if config.horizon != io.horizon:
         raise ExportError(f"{where}: exported for horizon {io.horizon}, backend.horizon is {config.horizon}; "
                           f"re-export with --horizon {config.horizon} or set backend.horizon: {io.horizon}")
+    if config.beam_stride != io.beam_stride:
+        raise ExportError(f"{where}: exported decoding every {io.beam_stride}th LiDAR beam, backend.beam_stride is "
+                          f"{config.beam_stride}; re-export with --beam-stride {config.beam_stride} or set "
+                          f"backend.beam_stride: {io.beam_stride}")
     if config.max_samples > io.max_samples:
         raise ExportError(f"{where}: exported for at most {io.max_samples} samples, backend.max_samples is "
                           f"{config.max_samples}; re-export with --max-samples {config.max_samples}")

@@ -55,21 +55,28 @@ class RolloutGraph(nn.Module):
     ``deter`` (1, D) and ``stoch`` (1, Z) (the current belief, broadcast to every sample), ``actions`` (N, H, A)
     physical units, ``dt_s`` (1,) the length of every step in seconds -> ``lidar_mean_m``, ``lidar_std_m``
     (N, H, beams) and ``pose_mean``, ``pose_std`` (N, H, 3) (see :class:`worldmodel.backends.base.Predictions`).
-    Follows the prior mean (deterministic), as the heads' uncertainty expects.
+    Follows the prior mean (deterministic), as the heads' uncertainty expects. With ``io.beam_stride`` k > 1 the
+    LiDAR head computes beams 0, k, 2k, ... only (:meth:`GaussianHead.strided`): the same values, k times cheaper.
     """
 
     def __init__(self, model: WorldModel, io: IOSpec) -> None:
         super().__init__()
         self.model = model
-        self.heads = (io.lidar, POSE)
+        stride = io.beam_stride
+        head = model.head.heads[io.lidar]
+        self.lidar_head = head.strided(stride) if stride > 1 else head
+        self.register_buffer("lidar_norm_mean", model.norm.mean(io.lidar)[::stride].clone())
+        self.register_buffer("lidar_norm_std", model.norm.std(io.lidar)[::stride].clone())
 
     def forward(self, deter: Tensor, stoch: Tensor, actions: Tensor, dt_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n = actions.shape[0]
         start = State(deter.expand(n, -1), stoch.expand(n, -1))
-        preds = self.model.predict(self.model.imagine(start, actions, dt_s), dt_s, self.heads)
-        lidar = preds[self.heads[0]]
-        pose_mean, pose_var = relative_trajectory(preds[POSE])
-        return lidar.mean, lidar.std, pose_mean, pose_var.sqrt()
+        feat = self.model.latent(self.model.imagine(start, actions, dt_s))
+        lidar = self.lidar_head(feat)
+        pose = self.model.to_physical(self.model.head(feat, (POSE,)), dt_s)[POSE]
+        pose_mean, pose_var = relative_trajectory(pose)
+        return (lidar.mean * self.lidar_norm_std + self.lidar_norm_mean, lidar.std * self.lidar_norm_std,
+                pose_mean, pose_var.sqrt())
 
 
 class TorchBackend:
@@ -85,11 +92,11 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: WorldModel, horizon: int = 10, max_samples: int = 256, threads: int | None = None,
-                 observe_threads: int | None = 1) -> None:
+                 observe_threads: int | None = 1, beam_stride: int = 1) -> None:
         self._threads = threads or torch.get_num_threads()
         self._observe_threads = observe_threads or self._threads
         self.model = model.eval()
-        self.io = IOSpec.from_model_config(model.config, horizon, max_samples)
+        self.io = IOSpec.from_model_config(model.config, horizon, max_samples, beam_stride)
         self.observe_graph = ObserveGraph(model, self.io)
         self.rollout_graph = RolloutGraph(model, self.io)
         # Two state buffers alternate, so the state just returned can be passed straight back in.
@@ -110,7 +117,8 @@ class TorchBackend:
             raise ValueError("backend torch needs backend.checkpoint (a checkpoint or run directory)")
         model, info = load_checkpoint(config.checkpoint)
         log.info("torch backend: %s (step %d)", info.path, info.step)
-        return cls(model, config.horizon, config.max_samples, config.rollout_threads, config.observe_threads)
+        return cls(model, config.horizon, config.max_samples, config.rollout_threads, config.observe_threads,
+                   config.beam_stride)
 
     def initial_state(self) -> BeliefState:
         return BeliefState(np.zeros((1, self.io.deter), np.float32), np.zeros((1, self.io.stoch), np.float32))

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="onnx: graphs for onnxruntime; tensorrt: the graphs plus fp16 engines (needs an NVIDIA GPU)")
     parser.add_argument("--out", required=True, metavar="DIR", help="export directory (created; replaced file by file)")
     parser.add_argument("--horizon", type=int, default=10, metavar="H", help="rollout steps, fixed in the graph (default 10)")
+    parser.add_argument("--beam-stride", type=int, default=1, metavar="K",
+                        help="the rollout decodes every K-th LiDAR beam (exact for those beams; default 1: all)")
     parser.add_argument("--max-samples", type=int, default=256, metavar="N",
                         help="largest rollout batch checked and profiled (default 256; the ONNX batch is dynamic)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             # Before any work: a machine that cannot build engines should say so, not export half.
             require_tensorrt("--format tensorrt")
         meta = export_onnx(args.checkpoint, args.out, horizon=args.horizon, max_samples=args.max_samples,
+                           beam_stride=args.beam_stride,
                            opset=args.opset, tolerance=args.tolerance, seed=args.seed)
         if args.format == "tensorrt":
             from worldmodel.export.tensorrt_build import build_engines

@@ -257,7 +257,7 @@ def parity_check(model: WorldModel, compiled: Backend, tolerance: float = DEFAUL
     "passed", "cases"}``."""
     io = compiled.io
     rng = np.random.default_rng(seed)
-    reference = TorchBackend(model, io.horizon, io.max_samples)
+    reference = TorchBackend(model, io.horizon, io.max_samples, beam_stride=io.beam_stride)
     worst: dict[str, dict[str, float]] = {"observe": {"deter_out": 0.0, "stoch_out": 0.0},
                                           "rollout": {name: 0.0 for name in PREDICTION_NAMES}}
     cases = 0
@@ -326,18 +326,18 @@ def _versions(opset: int) -> dict[str, str]:
 
 
 def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, horizon: int = 10,
-                max_samples: int = 256, opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+                max_samples: int = 256, beam_stride: int = 1, opset: int = DEFAULT_OPSET, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                 ticks: Iterable[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Export the checkpoint (a checkpoint or run directory) to ``out_dir``; returns the metadata written.
 
     ``horizon`` H and ``max_samples`` N: the rollout's fixed steps and the largest batch it is checked (and, for
-    TensorRT, profiled) for. ``ticks``: real ticks for the parity check (default: real-looking ones). Raises
+    TensorRT, profiled) for; ``beam_stride``: the rollout decodes every k-th LiDAR beam (the planner's scan). ``ticks``: real ticks for the parity check (default: real-looking ones). Raises
     :class:`ParityError` (nothing moved into ``out_dir``) when the parity check fails."""
     from worldmodel.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(checkpoint)
     model.eval()
-    io = IOSpec.from_model_config(model.config, horizon, max_samples)
+    io = IOSpec.from_model_config(model.config, horizon, max_samples, beam_stride)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staging = out / f".staging-{os.getpid()}"
@@ -365,7 +365,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
         from worldmodel.backends.onnx_backend import OnnxBackend
 
         staged = OnnxBackend(staging, BackendConfig(name="onnxruntime", export_dir=str(staging), horizon=horizon,
-                                                    max_samples=max_samples, threads=1))
+                                                    max_samples=max_samples, beam_stride=beam_stride, threads=1))
         parity = parity_check(model, staged, tolerance, seed, ticks)
         meta["parity"] = parity
         log.info("parity vs torch: max abs %.2e (observe %s; rollout %s), tolerance %.0e", parity["max_abs"],

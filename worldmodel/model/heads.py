@@ -9,6 +9,7 @@ pose ``[dx/dt, dy/dt, dyaw/dt]``, the body-frame velocity over the step.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -55,6 +56,24 @@ class GaussianHead(nn.Module):
         # Squash offset that maps a raw 0 to log_std 0: sigmoid(offset) = -lo / (hi - lo).
         p = -self.lo / (self.hi - self.lo)
         self.offset = math.log(p / (1.0 - p)) if 0.0 < p < 1.0 else 0.0
+
+    def strided(self, stride: int) -> GaussianHead:
+        """A head of a 1-D output that computes elements 0, k, 2k, ... only (k = ``stride``): the same layers,
+        the last one cut to those elements' rows, so its outputs equal the full head's at those elements."""
+        if len(self.shape) != 1 or stride < 1:
+            raise ValueError(f"strided({stride}): only a 1-D head (this one is {self.shape}) with stride >= 1")
+        size = self.shape[0]
+        keep = torch.arange(0, size, stride)
+        rows = torch.cat([keep, keep + size])
+        head = copy.deepcopy(self)
+        last = head.net[-1]
+        cut = nn.Linear(last.in_features, rows.numel())
+        with torch.no_grad():
+            cut.weight.copy_(last.weight[rows])
+            cut.bias.copy_(last.bias[rows])
+        head.net[-1] = cut
+        head.shape = (int(keep.numel()),)
+        return head
 
     def forward(self, feat: Tensor) -> Gaussian:
         mean, raw = self.net(feat).chunk(2, dim=-1)

@@ -14,13 +14,14 @@ from worldmodel.planner.config import (
     planner_config_from_dict,
 )
 from worldmodel.planner.cost import TERMS, NavigationCost, normal_cdf, safe_ranges
-from worldmodel.planner.mppi import PlanResult, Predictions, Rollout, SamplingPlanner
+from worldmodel.planner.mppi import PlanPredictions, PlanResult, Predictions, Rollout, SamplingPlanner
 
 __all__ = [
     "METHODS",
     "TERMS",
     "CostWeights",
     "NavigationCost",
+    "PlanPredictions",
     "PlanResult",
     "PlannerConfig",
     "PlannerConfigError",

@@ -70,7 +70,10 @@ class CostWeights:
     blocked for the safety disc from the final predicted pose (a terminal cost-to-go: end the horizon where the
     way on is open). ``heading``: mean ``(1 - cos(heading error to the goal)) / 2``. ``effort``: mean squared
     action, each dimension over its limit. ``smoothness``: mean squared change between consecutive actions (the
-    first against the action in effect), each dimension over its limit.
+    first against the action in effect), each dimension over its limit. ``scan_collision``: per horizon step at
+    which the footprint plus ``safety_distance_m``, at the predicted pose, overlaps a return of the latest
+    measured scan (:meth:`NavigationCost.set_scan`; the static-world check a robot runs beside the model's
+    predicted ranges; 0: off).
     """
 
     collision: float = 10.0
@@ -82,9 +85,10 @@ class CostWeights:
     heading: float = 0.3
     effort: float = 0.05
     smoothness: float = 3.0
+    scan_collision: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("collision", "progress", "blocked", "heading", "effort", "smoothness"):
+        for name in ("collision", "progress", "blocked", "heading", "effort", "smoothness", "scan_collision"):
             object.__setattr__(self, name, _number(f"planner.cost.{name}", getattr(self, name), 0.0, 1e6))
         for name, hi, lo_open in (("blocked_reach_m", 100.0, True), ("safety_distance_m", 10.0, False),
                                   ("range_noise_m", 10.0, True)):
@@ -99,8 +103,9 @@ class PlannerConfig:
     ``[v_mps, omega_radps]``), normally the robot's limits. ``method``: ``mppi`` or ``cem``. ``samples`` N action
     sequences of ``horizon`` H steps of ``step_dt_s`` seconds each (the model is dt-conditioned, so the step need
     not be the control tick). ``iterations``: the most sampling rounds per plan; ``min_iterations`` rounds always
-    run (0: a plan may return the warm start unevaluated); more run while ``time_budget_ms`` allows (0: no budget,
-    always ``iterations``, and the plan is deterministic given ``seed``). ``temperature`` (cost units): MPPI's
+    run in full (0: only the plan's first chunk is sure to be evaluated); more run while ``time_budget_ms`` allows (0: no budget,
+    always ``iterations``, and the plan is deterministic given ``seed``); ``chunk``: candidates per rollout call,
+    the budget's granularity (0: all N in one call). ``temperature`` (cost units): MPPI's
     lambda, and CEM's weighting of its ``elites``. ``noise_std`` (A,): sampling std per action dimension (CEM's
     initial std, floored at ``min_std_fraction`` of it); ``noise_correlation``: AR(1) coefficient of the noise
     along the horizon (0: white; near 1: smooth sequences). ``warm_start``: start from the previous plan's mean,
@@ -116,6 +121,7 @@ class PlannerConfig:
     iterations: int = 3
     min_iterations: int = 1
     time_budget_ms: float = 15.0
+    chunk: int = 0
     temperature: float = 0.1
     elites: int = 32
     noise_std: tuple[float, ...] = (0.2, 0.8)
@@ -142,6 +148,7 @@ class PlannerConfig:
         _integer("planner.iterations", self.iterations, 1, 1000)
         _integer("planner.min_iterations", self.min_iterations, 0, self.iterations)
         object.__setattr__(self, "time_budget_ms", _number("planner.time_budget_ms", self.time_budget_ms, 0.0, 1e6))
+        _integer("planner.chunk", self.chunk, 0, self.samples)
         object.__setattr__(self, "temperature", _number("planner.temperature", self.temperature, 0.0, 1e6, lo_open=True))
         # Only CEM reads elites; an MPPI config stays valid when its sample count shrinks (the oracle's).
         _integer("planner.elites", self.elites, 1, self.samples if self.method == "cem" else 1 << 20)

@@ -21,11 +21,15 @@ each of B beams with their std, and the pose relative to the pose at planning ti
   two cannot see from progress alone.
 - **heading** ``mean_h (1 - cos(bearing of g from p[n, h] - yaw[n, h])) / 2``: facing the goal, in [0, 1]; it
   keeps the robot from reversing toward a goal behind it, and turning it where it is when the goal is behind.
+- **scan_collision** ``sum_h [min_b |p[n, h] - q_b| < radius + safety_distance]``: the steps at which the predicted
+  base position comes within the safety disc of a return ``q_b`` of the latest measured scan (:meth:`set_scan`,
+  in the frame at planning time): a static-world check beside the model's predicted ranges (weight 0: off).
 - **effort** ``mean_h sum_a (u[n, h, a] / limit[a])^2`` and **smoothness** ``mean_h sum_a ((u[n, h, a] -
   u[n, h - 1, a]) / limit[a])^2`` with ``u[n, -1]`` the action in effect now; ``limit[a]`` the larger magnitude of
   the action bounds.
 
-All buffers are allocated at construction for one (N, H, B, A); a call allocates no array of that size.
+All buffers are allocated at construction for one (N, H, B, A); a call allocates no array of that size. A call may
+score fewer candidates (a planner's chunk); it then works on the buffers' first rows.
 """
 
 from __future__ import annotations
@@ -38,8 +42,13 @@ from worldmodel.planner.config import CostWeights, PlannerConfigError, RobotGeom
 
 __all__ = ["TERMS", "NavigationCost", "normal_cdf", "safe_ranges"]
 
+#: The per-candidate work buffers of :class:`NavigationCost` (first axis N).
+_ROW_BUFFERS = ("_margin", "_std", "_z32", "_z", "_risk", "_upper", "_dx", "_dy", "_dist", "_angle", "_scaled", "_px",
+                "_py", "_along", "_lateral", "_ahead", "_within", "_ex", "_ey", "_cos_h", "_sin_h", "_scratch", "_free",
+                "_sdx", "_sdy", "_hit", "_near")
+
 #: The cost terms, in the order they are reported.
-TERMS = ("collision", "progress", "blocked", "heading", "effort", "smoothness")
+TERMS = ("collision", "progress", "blocked", "heading", "effort", "smoothness", "scan_collision")
 
 # Abramowitz & Stegun 7.1.26: erf(x) = 1 - (a1 t + ... + a5 t^5) exp(-x^2), t = 1 / (1 + p x), x >= 0; absolute
 # error below 1.5e-7. Numpy has no erf, and this keeps the cost free of torch and scipy.
@@ -130,16 +139,54 @@ class NavigationCost:
         self._sin_h = np.empty(n, np.float64)
         self._scratch = np.empty(n, np.float64)
         self._free = np.empty(n, np.float32)
+        # The latest measured scan's returns (B,) in the base frame at planning time (far away: none yet).
+        self._scan_x = np.full(b, 1e6, np.float32)
+        self._scan_y = np.full(b, 1e6, np.float32)
+        self._scan_ok = np.zeros(b, bool)
+        self._scan_none = np.zeros(b, bool)
+        self._sdx = np.empty((n, h, b), np.float32)
+        self._sdy = np.empty((n, h, b), np.float32)
+        self._hit = np.empty((n, h), np.float32)
+        self._near = np.empty((n, h), bool)
         self.terms: dict[str, np.ndarray] = {name: np.zeros(n, np.float64) for name in TERMS}
-        self._checked = False
+        # A call may score fewer candidates than N (a planner's chunk): the per-candidate buffers are then views of
+        # their first rows, made once per row count and swapped in by _use_rows.
+        self._full = {name: getattr(self, name) for name in _ROW_BUFFERS}
+        self._full_cdf, self._full_terms = self._cdf_scratch, self.terms
+        self._rows = n
+        self._row_views: dict[int, tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]] = {}
+
+    def set_scan(self, ranges_m: np.ndarray, no_return_m: float) -> None:
+        """The latest measured scan (B,) m on this cost's beams (ranges at or beyond ``no_return_m``: none), for the
+        ``scan_collision`` term; its returns are placed in the base frame once, here."""
+        np.less(ranges_m, no_return_m, out=self._scan_ok)
+        np.multiply(ranges_m, self._beam_cos, out=self._scan_x)
+        self._scan_x += np.float32(self.geometry.lidar_xy_m[0])
+        np.multiply(ranges_m, self._beam_sin, out=self._scan_y)
+        self._scan_y += np.float32(self.geometry.lidar_xy_m[1])
+        np.logical_not(self._scan_ok, out=self._scan_none)
+        np.copyto(self._scan_x, np.float32(1e6), where=self._scan_none)
 
     def _check(self, lidar_mean: np.ndarray, lidar_std: np.ndarray, pose_mean: np.ndarray, actions: np.ndarray) -> None:
-        n, h, b = self.shape
+        big_n, h, b = self.shape
+        n = lidar_mean.shape[0] if lidar_mean.ndim == 3 else -1
         expected = {"lidar_mean": (n, h, b), "lidar_std": (n, h, b), "pose_mean": (n, h, 3), "actions": (n, h, self.action_dim)}
         for name, array in (("lidar_mean", lidar_mean), ("lidar_std", lidar_std), ("pose_mean", pose_mean), ("actions", actions)):
-            if tuple(array.shape) != expected[name]:
-                raise ValueError(f"{name} has shape {tuple(array.shape)}, the cost was built for {expected[name]}")
-        self._checked = True
+            if not 1 <= n <= big_n or tuple(array.shape) != expected[name]:
+                raise ValueError(f"{name} has shape {tuple(array.shape)}, the cost was built for up to "
+                                 f"{(big_n, *expected[name][1:])}")
+
+    def _use_rows(self, n: int) -> None:
+        """Point the per-candidate buffers and :attr:`terms` at their first ``n`` rows."""
+        views = self._row_views.get(n)
+        if views is None:
+            views = ({name: buf[:n] for name, buf in self._full.items()}, self._full_cdf[:, :n],
+                     {name: t[:n] for name, t in self._full_terms.items()})
+            self._row_views[n] = views
+        for name, view in views[0].items():
+            setattr(self, name, view)
+        self._cdf_scratch, self.terms = views[1], views[2]
+        self._rows = n
 
     def __call__(self, lidar_mean: np.ndarray, lidar_std: np.ndarray, pose_mean: np.ndarray, actions: np.ndarray,
                  goal_xy_m: np.ndarray, prev_action: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -148,10 +195,13 @@ class NavigationCost:
         ``lidar_mean``/``lidar_std`` (N, H, B) m: the predicted scan at the end of each step. ``pose_mean``
         (N, H, 3) ``[x m, y m, yaw rad]`` relative to the robot at planning time. ``actions`` (N, H, A) the
         candidates. ``goal_xy_m`` (2,): the goal in the robot frame at planning time. ``prev_action`` (A,): the
-        action in effect now. Shapes are checked on the first call only.
+        action in effect now. N may be below the N the cost was built for (a chunk of candidates); shapes are
+        checked on the first call with each N only.
         """
-        if not self._checked:
+        n = lidar_mean.shape[0]
+        if n != self._rows or n not in self._row_views:
             self._check(lidar_mean, lidar_std, pose_mean, actions)
+            self._use_rows(n)
         w = self.weights
         terms = self.terms
         horizon = self.shape[1]
@@ -196,6 +246,21 @@ class NavigationCost:
         np.square(scaled, out=scaled)
         np.sum(scaled, axis=(1, 2), out=terms["smoothness"])
         terms["smoothness"] *= w.smoothness / horizon
+
+        if w.scan_collision > 0.0:
+            # Squared distance from each predicted base position to each measured return: (N, H, B).
+            sdx, sdy = self._sdx, self._sdy
+            np.subtract(self._scan_x, pose_mean[:, :, 0:1], out=sdx)
+            np.subtract(self._scan_y, pose_mean[:, :, 1:2], out=sdy)
+            np.square(sdx, out=sdx)
+            np.square(sdy, out=sdy)
+            sdx += sdy
+            np.min(sdx, axis=2, out=self._hit)
+            np.less(self._hit, self._disc2, out=self._near)
+            np.sum(self._near, axis=1, out=terms["scan_collision"])
+            terms["scan_collision"] *= w.scan_collision
+        else:
+            terms["scan_collision"].fill(0.0)
 
         np.copyto(out, terms["collision"])
         for name in TERMS[1:]:

@@ -13,9 +13,12 @@ or any other predictor), scores them with the :class:`~worldmodel.planner.cost.N
 Row 0 of every round is the mean itself and, once there is a previous plan, row 1 is that plan (both shifted
 forward by the time elapsed since the last plan): the warm start is always evaluated, never only perturbed.
 
-**Anytime**: a round is started only while the time budget allows one more (judged by the last round's
-duration), after ``min_iterations`` that always run. The result is the best candidate evaluated in any round
-(lowest cost), so stopping early returns the best plan found so far, never an unevaluated average. The warm start
+**Anytime**: a round's candidates go to the rollout in chunks of ``chunk`` (0: all N at once), and a chunk is
+evaluated only while the time budget allows one more (judged by the last chunk's duration), except in the first
+``min_iterations`` rounds, which always run in full, and for the plan's first chunk (which holds the warm start).
+The mean update weighs the evaluated candidates only. So a plan on a loaded machine evaluates fewer candidates
+rather than overrunning its tick. The result is the best candidate evaluated in any round (lowest cost), so
+stopping early returns the best plan found so far, never an unevaluated average. The warm start
 for the next call is the last mean; with ``time_budget_ms = 0`` the number of rounds is fixed and a plan is
 deterministic given the seed.
 
@@ -41,7 +44,7 @@ import numpy as np
 from worldmodel.planner.config import PlannerConfig
 from worldmodel.planner.cost import TERMS, NavigationCost
 
-__all__ = ["PlanResult", "Predictions", "Rollout", "SamplingPlanner"]
+__all__ = ["PlanPredictions", "PlanResult", "Predictions", "Rollout", "SamplingPlanner"]
 
 
 class Predictions(Protocol):
@@ -61,10 +64,22 @@ class Predictions(Protocol):
 Rollout = Callable[[Any, np.ndarray, float], Predictions]
 
 
+class PlanPredictions(NamedTuple):
+    """What the rollout predicted for the plan returned, after each of its H steps: ``lidar_mean_m``/``lidar_std_m``
+    (H, B) m and ``pose_mean``/``pose_std`` (H, 3) ``[x m, y m, yaw rad]`` relative to the pose at planning time.
+    Views of the planner's buffers (valid until the next plan); NaN when no round ran."""
+
+    lidar_mean_m: np.ndarray
+    lidar_std_m: np.ndarray
+    pose_mean: np.ndarray
+    pose_std: np.ndarray
+
+
 class PlanResult(NamedTuple):
     """One plan. ``action`` (A,): the first action of ``plan`` (H, A), the best candidate evaluated (both views of
     the planner's buffer, valid until the next :meth:`SamplingPlanner.plan`). ``cost``: its total (NaN when no
-    round ran), ``terms``: its weighted cost terms. ``iterations``: rounds run; ``elapsed_ms``: wall time."""
+    round ran), ``terms``: its weighted cost terms. ``iterations``: rounds run; ``elapsed_ms``: wall time.
+    ``predictions``: the rollout's predictions for ``plan``."""
 
     action: np.ndarray
     plan: np.ndarray
@@ -72,6 +87,7 @@ class PlanResult(NamedTuple):
     terms: dict[str, float]
     iterations: int
     elapsed_ms: float
+    predictions: PlanPredictions
 
 
 class SamplingPlanner:
@@ -110,11 +126,19 @@ class SamplingPlanner:
         self._elite_costs = np.zeros(e, np.float64)
         self._elite_weights = np.zeros(e, np.float32)
         self._best = self._initial.copy()
+        beams = cost.shape[2]
+        self._best_pred = PlanPredictions(np.full((h, beams), np.nan, np.float32), np.full((h, beams), np.nan, np.float32),
+                                          np.full((h, 3), np.nan, np.float32), np.full((h, 3), np.nan, np.float32))
         self._best_terms = {name: math.nan for name in TERMS}
         self._shift_scratch = np.zeros((2, h, a), np.float32)
         self._shift_steps = -1.0
         self._shift_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._rng = np.random.default_rng(config.seed)
+        # Rollout chunks: (first row, samples view, costs view), the same objects every call (backends check an
+        # input array once per object).
+        size = config.chunk or n
+        self._chunks = [(lo, self.samples[lo:lo + size], self.costs[lo:lo + size]) for lo in range(0, n, size)]
+        self.evaluated = 0  # candidates the last plan evaluated
 
     def reset(self, seed: int | None = None) -> None:
         """Forget the previous plan (a new episode) and reseed the noise (default: the config's seed)."""
@@ -208,37 +232,49 @@ class SamplingPlanner:
         budget_s = cfg.time_budget_ms / 1000.0
         deadline = t0 + budget_s
         best_cost = math.inf
-        iterations, last_round_s = 0, 0.0
+        iterations, evaluated, last_chunk_s = 0, 0, 0.0
         while iterations < cfg.iterations:
-            start = time.perf_counter()
-            if iterations >= cfg.min_iterations and budget_s > 0.0 and start + last_round_s > deadline:
+            guaranteed = iterations < cfg.min_iterations
+            if not (guaranteed or evaluated == 0 or budget_s == 0.0 or time.perf_counter() + last_chunk_s <= deadline):
                 break
             self._sample()
-            pred = self.rollout(state, self.samples, cfg.step_dt_s)
-            self.cost(pred.lidar_mean_m, pred.lidar_std_m, pred.pose_mean, self.samples, goal_xy_m, prev_action, out=self.costs)
-            # A non-finite prediction must not win, nor poison the weights.
-            np.nan_to_num(self.costs, copy=False, nan=math.inf, posinf=math.inf, neginf=math.inf)
-            k = int(np.argmin(self.costs))
-            round_best = float(self.costs[k])
-            iterations += 1
-            if math.isfinite(round_best):
-                if round_best < best_cost:
-                    best_cost = round_best
-                    np.copyto(self._best, self.samples[k])
+            self.costs.fill(math.inf)  # candidates left unevaluated when the budget ends weigh nothing
+            round_best = math.inf
+            for lo, samples, costs in self._chunks:
+                start = time.perf_counter()
+                if not (guaranteed or evaluated == 0 or budget_s == 0.0 or start + last_chunk_s <= deadline):
+                    break
+                pred = self.rollout(state, samples, cfg.step_dt_s)
+                self.cost(pred.lidar_mean_m, pred.lidar_std_m, pred.pose_mean, samples, goal_xy_m, prev_action, out=costs)
+                # A non-finite prediction must not win, nor poison the weights.
+                np.nan_to_num(costs, copy=False, nan=math.inf, posinf=math.inf, neginf=math.inf)
+                evaluated += len(costs)
+                k = int(np.argmin(costs))
+                round_best = min(round_best, float(costs[k]))
+                if float(costs[k]) < best_cost:
+                    best_cost = float(costs[k])
+                    np.copyto(self._best, samples[k])
+                    for buf, full in zip(self._best_pred, (pred.lidar_mean_m, pred.lidar_std_m, pred.pose_mean, pred.pose_std)):
+                        np.copyto(buf, full[k])
                     for name in TERMS:
                         self._best_terms[name] = float(self.cost.terms[name][k])
+                last_chunk_s = time.perf_counter() - start
+            iterations += 1
+            if math.isfinite(round_best):
                 if cfg.method == "mppi":
                     self._update_mppi(round_best)
                 else:
                     self._update_cem()
-            last_round_s = time.perf_counter() - start
+        self.evaluated = evaluated
         if not math.isfinite(best_cost):
             # No round ran, or every candidate was non-finite: the warm start, unevaluated.
             np.copyto(self._best, self.mean)
             best_cost = math.nan
             for name in TERMS:
                 self._best_terms[name] = math.nan
+            for buf in self._best_pred:
+                buf.fill(np.nan)
         np.copyto(self._previous, self._best)
         self._has_previous = True
         return PlanResult(self._best[0], self._best, best_cost, dict(self._best_terms), iterations,
-                          (time.perf_counter() - t0) * 1000.0)
+                          (time.perf_counter() - t0) * 1000.0, self._best_pred)
