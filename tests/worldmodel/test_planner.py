@@ -494,3 +494,19 @@ def test_scan_collision_counts_the_steps_whose_predicted_pose_overlaps_a_measure
     inside = sum(abs(1.0 + mx - x) < GEOMETRY.radius_m + 0.05 for x in (0.3, 0.6, 0.9))
     assert cost.terms["scan_collision"][0] == pytest.approx(2.0 * inside) and inside >= 1
     assert cost.terms["scan_collision"][1] == 0.0
+
+
+def test_with_the_scan_check_on_a_measured_return_blocks_the_way_the_predicted_scan_shows_open():
+    def blocked(scan_weight: float) -> float:
+        cost = NavigationCost(CostWeights(scan_collision=scan_weight), GEOMETRY, 1, 2, LOW, HIGH)
+        ranges = np.full(GEOMETRY.beams, 50.0, np.float32)
+        angles = GEOMETRY.lidar_yaw_rad + GEOMETRY.angle_min_rad + np.arange(GEOMETRY.beams) * GEOMETRY.angle_increment_rad
+        ranges[np.abs(np.angle(np.exp(1j * angles))) < 0.3] = 1.5  # a wall 1.5 m ahead, measured now
+        cost.set_scan(ranges, no_return_m=12.0)
+        open_scan = np.full((1, 2, GEOMETRY.beams), 10.0, np.float32)  # the model predicts the way open
+        out = np.zeros(1)
+        cost(open_scan, open_scan * 0.01, np.zeros((1, 2, 3), np.float32), np.zeros((1, 2, 2), np.float32),
+             np.array([3.0, 0.0]), ZERO, out)
+        return float(cost.terms["blocked"][0])
+
+    assert blocked(0.0) == 0.0 and blocked(1.0) > 0.2

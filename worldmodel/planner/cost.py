@@ -18,7 +18,8 @@ each of B beams with their std, and the pose relative to the pose at planning ti
   predicted pose straight toward the goal before touching a return of the final predicted scan, ``d`` the
   distance left to the goal, ``L = blocked_reach_m``. A terminal cost-to-go: it prefers ending the horizon
   where the way on is open (beside an obstacle rather than in front of it), which a horizon of a second or
-  two cannot see from progress alone.
+  two cannot see from progress alone. With ``scan_collision`` on, the latest measured scan's returns (placed in
+  each final pose's frame) block the way too: ``free`` is the shorter of the two.
 - **heading** ``mean_h (1 - cos(bearing of g from p[n, h] - yaw[n, h])) / 2``: facing the goal, in [0, 1]; it
   keeps the robot from reversing toward a goal behind it, and turning it where it is when the goal is behind.
 - **scan_collision** ``sum_h [min_b |p[n, h] - q_b| < radius + safety_distance]``: the steps at which the predicted
@@ -45,7 +46,7 @@ __all__ = ["TERMS", "NavigationCost", "normal_cdf", "safe_ranges"]
 #: The per-candidate work buffers of :class:`NavigationCost` (first axis N).
 _ROW_BUFFERS = ("_margin", "_std", "_z32", "_z", "_risk", "_upper", "_dx", "_dy", "_dist", "_angle", "_scaled", "_px",
                 "_py", "_along", "_lateral", "_ahead", "_within", "_ex", "_ey", "_cos_h", "_sin_h", "_scratch", "_free",
-                "_sdx", "_sdy", "_hit", "_near")
+                "_sdx", "_sdy", "_hit", "_near", "_free_pred")
 
 #: The cost terms, in the order they are reported.
 TERMS = ("collision", "progress", "blocked", "heading", "effort", "smoothness", "scan_collision")
@@ -139,6 +140,7 @@ class NavigationCost:
         self._sin_h = np.empty(n, np.float64)
         self._scratch = np.empty(n, np.float64)
         self._free = np.empty(n, np.float32)
+        self._free_pred = np.empty(n, np.float32)
         # The latest measured scan's returns (B,) in the base frame at planning time (far away: none yet).
         self._scan_x = np.full(b, 1e6, np.float32)
         self._scan_y = np.full(b, 1e6, np.float32)
@@ -224,7 +226,7 @@ class NavigationCost:
         np.subtract(self._dist[:, -1], math.hypot(gx, gy), out=terms["progress"])
         terms["progress"] *= w.progress
 
-        self._blocked(lidar_mean[:, -1], pose_mean[:, -1, 2], terms["blocked"])
+        self._blocked(lidar_mean[:, -1], pose_mean[:, -1], terms["blocked"])
         terms["blocked"] *= w.blocked
 
         np.arctan2(self._dy, self._dx, out=self._angle)
@@ -267,14 +269,15 @@ class NavigationCost:
             out += terms[name]
         return out
 
-    def _blocked(self, ranges: np.ndarray, yaw: np.ndarray, out: np.ndarray) -> None:
+    def _blocked(self, ranges: np.ndarray, final_pose: np.ndarray, out: np.ndarray) -> None:
         """The blocked fraction (N,) of the way toward the goal from the final poses (module docstring), given the
-        final scans ``ranges`` (N, B) and yaws (N,); reads the goal offsets of the last step from ``_dx``/``_dy``."""
+        final scans ``ranges`` (N, B) and poses ``final_pose`` (N, 3); reads the goal offsets of the last step from
+        ``_dx``/``_dy``. With ``scan_collision`` on, the latest measured scan's returns block the way too."""
         reach = self.weights.blocked_reach_m
         dx, dy, dist = self._dx[:, -1], self._dy[:, -1], self._dist[:, -1]
         c, s, tmp = self._cos_h, self._sin_h, self._scratch
-        np.cos(yaw, out=c)
-        np.sin(yaw, out=s)
+        np.cos(final_pose[:, 2], out=c)
+        np.sin(final_pose[:, 2], out=s)
         # The unit vector toward the goal in the final base frame (R(-yaw) (g - p) / |g - p|).
         ex, ey = self._ex[:, 0], self._ey[:, 0]
         np.multiply(c, dx, out=ex)
@@ -286,13 +289,37 @@ class NavigationCost:
         np.maximum(dist, 1e-9, out=tmp)
         ex /= tmp
         ey /= tmp
-        # The final scan's returns in the final base frame, then along- and cross-track of the goal direction.
-        px, py, along, lateral, ahead = self._px, self._py, self._along, self._lateral, self._ahead
+        # The final scan's returns in the final base frame.
+        px, py = self._px, self._py
         mx, my = self.geometry.lidar_xy_m
         np.multiply(ranges, self._beam_cos, out=px)
         px += np.float32(mx)
         np.multiply(ranges, self._beam_sin, out=py)
         py += np.float32(my)
+        self._free_toward_goal(self._free)
+        if self.weights.scan_collision > 0.0:
+            # The measured returns (planning-time frame) in each final base frame: R(-yaw) (q - p).
+            sx, sy, free = self._along, self._lateral, self._free
+            np.subtract(self._scan_x, final_pose[:, 0:1], out=sx)
+            np.subtract(self._scan_y, final_pose[:, 1:2], out=sy)
+            np.multiply(sx, c[:, None], out=px)
+            np.multiply(sy, s[:, None], out=py)
+            px += py
+            np.multiply(sy, c[:, None], out=py)
+            np.multiply(sx, s[:, None], out=sx)
+            py -= sx
+            np.copyto(self._free_pred, free)
+            self._free_toward_goal(free)
+            np.minimum(free, self._free_pred, out=free)
+        np.minimum(dist, reach, out=tmp)  # the way worth having: to the goal, at most the reach
+        np.minimum(self._free, tmp, out=out)
+        np.subtract(tmp, out, out=out)
+        out *= 1.0 / reach
+
+    def _free_toward_goal(self, out: np.ndarray) -> None:
+        """How far (N,) the safety disc can travel from the final pose toward the goal (unit vector ``_ex``,
+        ``_ey``) before touching a return at ``_px``/``_py`` (N, B), final base frame; overwrites the scratch."""
+        px, py, along, lateral, ahead = self._px, self._py, self._along, self._lateral, self._ahead
         np.multiply(px, self._ex, out=along)
         np.multiply(py, self._ey, out=lateral)
         along += lateral
@@ -311,9 +338,5 @@ class NavigationCost:
         np.sqrt(lateral, out=lateral)
         along -= lateral
         np.copyto(along, np.float32(np.inf), where=ahead)
-        np.min(along, axis=1, out=self._free)
-        np.maximum(self._free, 0.0, out=self._free)
-        np.minimum(dist, reach, out=tmp)  # the way worth having: to the goal, at most the reach
-        np.minimum(self._free, tmp, out=out)
-        np.subtract(tmp, out, out=out)
-        out *= 1.0 / reach
+        np.min(along, axis=1, out=out)
+        np.maximum(out, 0.0, out=out)
