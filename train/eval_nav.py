@@ -396,7 +396,8 @@ class OracleMPC:
         from worldmodel.planner import NavigationCost
 
         self.config = dataclasses.replace(planner_config, samples=nav.oracle_samples,
-                                          elites=min(planner_config.elites, nav.oracle_samples))
+                                          elites=min(planner_config.elites, nav.oracle_samples),
+                                          chunk=min(planner_config.chunk, nav.oracle_samples))
         self.geometry = robot_geometry(robot, nav.oracle_beam_stride)
         self.nav = nav
         cfg = self.config

@@ -341,11 +341,9 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[st
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     scheduler = "SCHED_OTHER"
     if args.realtime:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-            scheduler = "SCHED_FIFO"
-        except (AttributeError, PermissionError, OSError) as exc:
-            log.warning("--realtime: could not switch to SCHED_FIFO (%s); measuring at normal priority", exc)
+        from worldmodel.runtime import realtime_scheduling
+
+        scheduler = realtime_scheduling(10)
     paced = scheduler == "SCHED_FIFO"
     load_start = os.getloadavg()
     torch.set_num_threads(threads)

@@ -23,6 +23,11 @@ Outputs: ``geometry_msgs/Twist`` commands (only with ``control_enabled``; a stop
 scan at one horizon (``sensor_msgs/LaserScan`` in the LiDAR's frame), the predicted path
 (``nav_msgs/Path`` in the base frame) and ``diagnostic_msgs/DiagnosticArray`` (every ``runtime.status_interval_s``).
 :meth:`RosRuntime.close` stops the runtime and, with control enabled, publishes a zero ``Twist`` last.
+
+With the ``view`` parameter, the same ONI messages are also streamed to Foxglove, as by ``oniwm run --view``
+(:class:`robots.foxglove_view.LiveView`, a WebSocket server on ``127.0.0.1:view_port``): the egress thread shows
+each output after forwarding it, and the converted inputs, which it receives from the in-process sensor socket
+on a second subscriber.
 """
 
 from __future__ import annotations
@@ -114,6 +119,8 @@ class NodeParams:
       ``runtime.horizons_s`` (0: the first).
     - ``stamps``: ``header`` (a message's header stamp is its time: the robot's clock must be this host's, e.g.
       synchronised by NTP/PTP) or ``receive`` (the time it arrived here: for robots on another clock or sim time).
+    - ``view``: stream the inputs and the runtime's outputs to Foxglove, as ``oniwm run --view`` does (the ``view``
+      extra, ``foxglove-sdk``), on a WebSocket server at ``127.0.0.1:view_port`` (0: any free port).
     """
 
     config: str = "configs/hallway.yaml"
@@ -133,6 +140,8 @@ class NodeParams:
     goal_radius_m: float = 0.5
     predicted_scan_horizon_s: float = 0.0
     stamps: str = "header"
+    view: bool = False
+    view_port: int = 8765
 
     def __post_init__(self) -> None:
         from worldmodel.backends.base import BACKEND_NAMES
@@ -145,6 +154,8 @@ class NodeParams:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                     raise NodeParamsError(f"{f.name} = {value!r}: a number >= 0")
                 object.__setattr__(self, f.name, float(value))
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise NodeParamsError(f"{f.name} = {value!r}: an integer >= 0")
             if f.type == "str" and not isinstance(value, str):
                 raise NodeParamsError(f"{f.name} = {value!r}: a string")
         if not self.config:
@@ -155,6 +166,8 @@ class NodeParams:
             raise NodeParamsError(f"goal_radius_m = {self.goal_radius_m!r}: a distance > 0 (m)")
         if self.stamps not in STAMPS:
             raise NodeParamsError(f"stamps = {self.stamps!r}: one of {list(STAMPS)}")
+        if self.view_port > 65535:
+            raise NodeParamsError(f"view_port = {self.view_port!r}: a TCP port, 0 to 65535 (0: any free one)")
         topics = {name: getattr(self, name) for name in self.topic_params()}
         for name, topic in topics.items():
             if not topic.startswith("/") or topic.endswith("/") or "//" in topic or " " in topic:
@@ -304,6 +317,21 @@ class RosRuntime:
         self._draining = threading.Event()
         self._final: dict[str, Any] | None = None
         self.error: str | None = None
+        #: The Foxglove live view (the ``view`` parameter), else None; fed from the egress thread only.
+        self.view: Any = None
+        self.view_url: str | None = None
+        self._view_inputs: Subscriber | None = None
+        if params.view:
+            from robots.foxglove_view import LiveView
+
+            # The converted inputs once more, as the runtime receives them (a second subscriber on their socket).
+            self._view_inputs = Subscriber(context=context)
+            for i in self._inputs.values():
+                self._view_inputs.subscribe(i.oni_topic, qos.SENSOR, i.schema)
+            self._view_inputs.connect(self._sensor_pub.endpoint)
+            self.view = LiveView(params.view_port, robot=robot)  # last: nothing after it can fail
+            self.view_url = self.view.url
+            log.info("Foxglove live view: open %s in Foxglove (layout: docs/foxglove/oniwm-layout.json)", self.view_url)
 
     @property
     def subscriptions(self) -> list[tuple[str, str, str]]:
@@ -395,11 +423,14 @@ class RosRuntime:
         self._final = self.runtime.run(duration_s, on_status=on_status)
 
     def _egress_loop(self) -> None:
-        """Forward the runtime's commands and outputs as ROS messages until :meth:`close` has drained them."""
+        """Forward the runtime's commands and outputs as ROS messages until :meth:`close` has drained them; with the
+        view, after each output has gone out, show the inputs that came since the last one, then the output."""
         egress = self._egress
         while True:
             msg = egress.recv(timeout_ms=50)
             if msg is None:
+                if self._view_inputs is not None:
+                    self._show(None)
                 if self._draining.is_set():
                     return
                 continue
@@ -410,6 +441,22 @@ class RosRuntime:
                 log.exception("%s; stopping the runtime", self.error)
                 self.runtime.request_stop()
                 return
+            if self._view_inputs is not None:
+                self._show(msg)
+
+    def _show(self, output: Any) -> None:
+        """Stream the inputs received since the last call, then ``output`` (None: none), to the view. A view that
+        fails is turned off (logged) and never stops the robot."""
+        inputs, view = self._view_inputs, self.view
+        try:
+            while (msg := inputs.recv(timeout_ms=0)) is not None:
+                view.on_message(msg)
+            if output is not None:
+                view.on_message(output)
+        except Exception:
+            log.exception("the Foxglove view failed; it is off for the rest of the run")
+            self._view_inputs = None
+            inputs.close()
 
     def _forward(self, msg: Any) -> None:
         topic, stamp_ns, data = msg.topic, msg.header.stamp_ns, msg.data
@@ -451,6 +498,11 @@ class RosRuntime:
         if "cmd_vel" in self.publications:
             self._emit("cmd_vel", twist_to_ros(time.time_ns(), BASE_FRAME, {"stop": True}, self.types))
         close_runtime(self.runtime)
+        if self.view is not None:
+            if self._view_inputs is not None:
+                self._view_inputs.close()
+                self._view_inputs = None
+            self.view.close()
         self._sensor_pub.close()
         self._egress.close()
         return self.report()
@@ -458,7 +510,7 @@ class RosRuntime:
     def report(self) -> dict[str, Any]:
         """JSON-ready: the runtime's report (the final one once its loop has ended), what came in per ROS topic
         (received, forwarded to the runtime, refused per reason with the first refusal's message) and what went
-        out per output, and the egress error if any."""
+        out per output, the egress error if any, and the Foxglove view's URL (None without ``view``)."""
         runtime = self._final if self._final is not None else self.runtime.report()
         inputs = {e.ros_topic: {"kind": e.kind, "type": e.ros_type, "oni_topic": e.oni_topic, "received": e.received,
                                 "forwarded": e.forwarded, "refused": dict(e.refused), "refusals": dict(e.first_refusal)}
@@ -467,7 +519,8 @@ class RosRuntime:
                    for name, count in self.published.items()}
         return {"runtime": runtime, "inputs": inputs, "outputs": outputs, "error": self.error or runtime["error"],
                 "model": str(self.parts.model_path), "backend": self.parts.backend_name, "robot": self.parts.robot.name,
-                "control_enabled": self.params.control_enabled, "params": dataclasses.asdict(self.params)}
+                "control_enabled": self.params.control_enabled, "params": dataclasses.asdict(self.params),
+                "view": self.view_url}
 
 
 class _NoOdometry(Exception):

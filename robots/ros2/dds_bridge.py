@@ -11,10 +11,12 @@ as cyclonedds always is, by the ``CYCLONEDDS_URI`` environment variable (interfa
 Example::
 
     oniwm ros2-bridge --config configs/hallway.yaml --params robots/ros2/config/oniwm.params.yaml --control
+    oniwm ros2-bridge --config configs/hallway.yaml --view     # and watch it in Foxglove: ws://127.0.0.1:8765
 
 Parameters are the node's (:class:`~robots.ros2.core.NodeParams`), from ``--params`` (a ROS 2 parameters file),
-then the flags. The final report (runtime, inputs received / refused per reason, outputs) is printed as JSON and
-written to ``--json FILE``. Exit status: 0 after a run, 1 when the runtime or a publisher failed (the robot was
+then the flags (``--control``: ``control_enabled``; ``--view``, ``--view-port``: ``view``, ``view_port``). The
+final report (runtime, inputs received / refused per reason, outputs) is printed as JSON and written to
+``--json FILE``. Exit status: 0 after a run, 1 when the runtime or a publisher failed (the robot was
 stopped first), 2 when setup failed.
 """
 
@@ -136,6 +138,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rate", type=float, default=None, metavar="HZ", help="override runtime.rate_hz")
     parser.add_argument("--control", action="store_true", default=None,
                         help="publish commands on the cmd_vel topic (parameter control_enabled)")
+    parser.add_argument("--view", action="store_true", default=None,
+                        help="stream to Foxglove over WebSocket, as `oniwm run --view` (parameter view; the view extra)")
+    parser.add_argument("--view-port", type=int, default=None, metavar="PORT",
+                        help="the --view port on 127.0.0.1 (parameter view_port, default 8765; 0: any free port)")
     parser.add_argument("--domain-id", type=int, default=None, metavar="N",
                         help="DDS domain (default: $ROS_DOMAIN_ID, else 0)")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S wall seconds")
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         domain_id = args.domain_id if args.domain_id is not None else int(os.environ.get("ROS_DOMAIN_ID") or 0)
         params = params_from_dict(load_params(args.params) if args.params else None, config=args.config,
                                   model=args.model, backend=args.backend, rate_hz=args.rate,
-                                  control_enabled=args.control)
+                                  control_enabled=args.control, view=args.view, view_port=args.view_port)
         bridge = DdsBridge(params, domain_id)
     except (*setup_errors(), NodeParamsError, DDSException) as exc:
         log.error("cannot start the ROS 2 bridge: %s", exc)

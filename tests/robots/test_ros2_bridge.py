@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,19 @@ def test_the_bridge_refuses_to_start_with_a_model_that_does_not_fit_the_robot_at
     result = subprocess.run([*ONIWM, "ros2-bridge", "--params", str(bad), "--quiet"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "scan_topic = 'scan': an absolute ROS topic name, e.g. /scan" in result.stderr
+
+
+def test_the_bridge_view_flags_start_the_foxglove_server_on_that_port(runtime_preset):
+    pytest.importorskip("foxglove", reason="--view needs foxglove-sdk, the view extra: pip install 'oni-worldmodel[view]'")
+    preset, checkpoint = runtime_preset
+    with socket.socket() as taken:  # the port is taken: the bridge must try it, and say so
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*ONIWM, "ros2-bridge", "--config", str(preset), "--model", str(checkpoint), "--backend",
+                                 "torch", "--view", "--view-port", str(port), "--domain-id", str(1 + os.getpid() % 200),
+                                 "--quiet"],
+                                env={**os.environ, "CYCLONEDDS_URI": LOOPBACK}, capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"cannot start the Foxglove WebSocket server on 127.0.0.1:{port}" in result.stderr

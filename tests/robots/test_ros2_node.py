@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -155,6 +156,69 @@ def test_without_control_the_node_predicts_but_never_commands(runtime_preset):
     assert report["control_enabled"] is False and "/cmd_vel" not in report["outputs"]
 
 
+def test_the_view_parameter_streams_the_inputs_and_predictions_to_foxglove(runtime_preset):
+    pytest.importorskip("foxglove", reason="the view parameter needs foxglove-sdk, the view extra: "
+                                           "pip install 'oni-worldmodel[view]'")
+    pytest.importorskip("google.protobuf", reason="decoding the scans needs protobuf")
+    client = pytest.importorskip("websockets.sync.client", reason="the WebSocket client is in the dev extra")
+    from tests.robots.test_foxglove_view import _decoder
+
+    preset, checkpoint = runtime_preset
+    ros = RosSide()
+    params = params_from_dict(None, config=str(preset), model=str(checkpoint), backend="torch", view=True, view_port=0)
+    core = RosRuntime(params, lambda name, msg: None, ros.T)
+    url = core.view_url
+    assert url.startswith("ws://127.0.0.1:") and not url.endswith(":0")
+    # The scan and the route come from the inputs (the view's own subscriber), the rest from the runtime's outputs.
+    wanted = {"/sensor/lidar", "/nav/route", "/prediction/lidar/0.5s", "/prediction/lidar/2s/band", "/prediction/pose",
+              "/tf", "/diag/runtime"}
+    advertised: dict[str, dict] = {}
+    received: dict[str, bytes] = {}
+    by_sub: dict[int, dict] = {}
+    core.start()
+    try:
+        with client.connect(url, subprotocols=["foxglove.sdk.v1"], open_timeout=5) as ws:
+            start, step = time.monotonic(), 0
+            while time.monotonic() - start < 60 and not wanted <= set(received):
+                now = time.time_ns()
+                core.receive("imu", ros.imu(now))
+                if step % 2 == 0:
+                    core.receive("odom", ros.odom(now, 0.001 * step))
+                if step % 10 == 0:
+                    core.receive("lidar", ros.scan(now))
+                if step % 50 == 20:
+                    core.receive("goal", ros.goal(now, 5.0))  # predictions come with plans, plans with a route
+                step += 1
+                try:
+                    while True:
+                        frame = ws.recv(timeout=0.01)
+                        if isinstance(frame, str):
+                            op = json.loads(frame)
+                            if op["op"] == "advertise":
+                                advertised.update({c["topic"]: c for c in op["channels"]})
+                        elif frame[0] == 1:  # message data
+                            sub, _log_time = struct.unpack_from("<IQ", frame, 1)
+                            received[by_sub[sub]["topic"]] = frame[13:]
+                except TimeoutError:
+                    pass
+                if not by_sub and wanted <= set(advertised):
+                    by_sub.update(enumerate(advertised[t] for t in sorted(wanted)))
+                    ws.send(json.dumps({"op": "subscribe", "subscriptions": [{"id": i, "channelId": c["id"]}
+                                                                             for i, c in by_sub.items()]}))
+    finally:
+        report = core.close()
+    assert wanted <= set(advertised), sorted(advertised)
+    assert wanted <= set(received), sorted(received)
+    scan = _decoder(advertised["/sensor/lidar"])(received["/sensor/lidar"])
+    assert scan.frame_id == "rplidar_link" and len(scan.ranges) == 360 and scan.ranges[0] == pytest.approx(2.0)
+    predicted = _decoder(advertised["/prediction/lidar/0.5s"])(received["/prediction/lidar/0.5s"])
+    assert predicted.frame_id == "prediction/0.5s" and len(predicted.ranges) == 90 == len(predicted.intensities)
+    assert json.loads(received["/diag/runtime"])["tick"] > 0
+    assert report["view"] == url and report["error"] is None and report["runtime"]["plans"] > 0
+    with pytest.raises(OSError):  # the server is stopped
+        client.connect(url, subprotocols=["foxglove.sdk.v1"], open_timeout=2)
+
+
 def test_the_parameters_file_declares_every_parameter_with_its_default():
     raw = load_params(PACKAGE / "config/oniwm.params.yaml")
     assert params_from_dict(raw) == NodeParams()
@@ -169,7 +233,10 @@ def test_the_parameters_file_declares_every_parameter_with_its_default():
     ({"rate_hz": -5}, "rate_hz = -5: a number >= 0"),
     ({"stamps": "bag"}, "stamps = 'bag': one of ['header', 'receive']"),
     ({"goal_radius_m": 0}, "goal_radius_m = 0.0: a distance > 0 (m)"),
-    ({"view": True}, "view: not a parameter of oniwm_node"),
+    ({"viewer": True}, "viewer: not a parameter of oniwm_node"),
+    ({"view": "yes"}, "view = 'yes': true or false"),
+    ({"view_port": 70000}, "view_port = 70000: a TCP port, 0 to 65535 (0: any free one)"),
+    ({"view_port": 8765.0}, "view_port = 8765.0: an integer >= 0"),
 ])
 def test_bad_parameters_are_refused_by_name(values, message):
     with pytest.raises(NodeParamsError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")

@@ -272,3 +272,14 @@ def test_the_schedule_locks_its_phase_to_the_trigger_sensor(rig):
     thread.join()
     lag = report["trigger_lag_ms"]
     assert lag["p50"] is not None and 0.0 < lag["p50"] < 6.0, lag  # started about 2 ms after the reading
+
+
+def test_runtime_config_errors_name_the_field():
+    from worldmodel.runtime import RuntimeConfigError, runtime_config_from_dict
+
+    for section, field in (({"rate_hz": 0}, "runtime.rate_hz"), ({"realtime_priority": 120}, "runtime.realtime_priority"),
+                           ({"critical_sensors": {"sonar": 1.0}}, "runtime.critical_sensors.sonar"),
+                           ({"backend": {"name": "tpu"}}, "runtime.backend.name"), ({"horizon": 3}, "runtime.horizon"),
+                           ({"route": {"lookahead_m": -1}}, "route.lookahead_m")):
+        with pytest.raises(RuntimeConfigError, match=field.replace(".", r"\.")):
+            runtime_config_from_dict(section)

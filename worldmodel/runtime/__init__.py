@@ -34,6 +34,7 @@ __all__ = [
     "RuntimeSetupError",
     "bench_tick",
     "check_model_matches",
+    "realtime_scheduling",
     "runtime_config_from_dict",
 ]
 

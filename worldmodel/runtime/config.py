@@ -57,6 +57,8 @@ class RuntimeConfig:
       ``diag.runtime`` binds; ``info_file``: the JSON naming it (and the runtime's pid) for viewers and loggers.
     - ``route``: :class:`~worldmodel.planner.route.RouteGoalConfig`, the goal point along ``nav.route``.
     - ``status_interval_s``: wall time between status callbacks.
+    - ``realtime_priority``: run the loop at this ``SCHED_FIFO`` priority (1-99), as a robot's control loop would
+      (needs CAP_SYS_NICE; where it is refused, the loop runs at normal priority and the report says so); 0: normal.
     """
 
     rate_hz: float = 50.0
@@ -74,6 +76,7 @@ class RuntimeConfig:
     info_file: str = "~/.oni/runtime/runtime.json"
     route: RouteGoalConfig = field(default_factory=RouteGoalConfig)
     status_interval_s: float = 1.0
+    realtime_priority: int = 0
 
     def __post_init__(self) -> None:
         _positive("rate_hz", self.rate_hz, 10_000.0)
@@ -111,6 +114,10 @@ class RuntimeConfig:
             raise RuntimeConfigError(f"runtime.trigger_margin_ms = {self.trigger_margin_ms!r}: in [0, one period)")
         if not self.output_endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             raise RuntimeConfigError(f"runtime.output_endpoint = {self.output_endpoint!r}: a tcp://, ipc:// or inproc:// endpoint")
+        if isinstance(self.realtime_priority, bool) or not isinstance(self.realtime_priority, int) \
+                or not 0 <= self.realtime_priority <= 99:
+            raise RuntimeConfigError(f"runtime.realtime_priority = {self.realtime_priority!r}: an integer in [0, 99] "
+                                     "(0: normal scheduling)")
         if isinstance(self.route, Mapping):
             object.__setattr__(self, "route", _route(self.route))
 

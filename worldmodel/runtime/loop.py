@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -52,7 +53,7 @@ from worldmodel.planner import PlanResult, RobotGeometry, SamplingPlanner
 from worldmodel.planner.route import Route, RouteGoal
 from worldmodel.runtime.config import RuntimeConfig
 
-__all__ = ["STAGES", "Carry", "Runtime", "RuntimeSetupError", "check_model_matches"]
+__all__ = ["STAGES", "Carry", "Runtime", "RuntimeSetupError", "check_model_matches", "realtime_scheduling"]
 
 log = logging.getLogger("worldmodel.runtime")
 
@@ -66,6 +67,17 @@ _NO_ROUTE = f"no route yet ({ROUTE_TOPIC})"
 _MISSES = "deadline misses"
 #: Ticks whose stage latencies are kept for the report (the latest; 22 min at 50 Hz).
 _WINDOW = 1 << 16
+
+
+def realtime_scheduling(priority: int) -> str:
+    """Switch this process to ``SCHED_FIFO`` at ``priority`` (1-99); the scheduler in effect afterwards
+    (``SCHED_FIFO``, or ``SCHED_OTHER`` when refused, with a warning naming why: it needs CAP_SYS_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return "SCHED_FIFO"
+    except (AttributeError, PermissionError, OSError) as exc:
+        log.warning("could not switch to SCHED_FIFO priority %d (%s); running at normal priority", priority, exc)
+        return "SCHED_OTHER"
 
 
 class RuntimeSetupError(ValueError):
@@ -221,6 +233,7 @@ class Runtime:
         self._trigger_count = 0
         self._stop_requested = False
         self._wall_offset = 0
+        self.scheduler = "SCHED_OTHER"
 
     # ------------------------------------------------------------------------------------------------------------
     # One tick.
@@ -405,6 +418,8 @@ class Runtime:
         """Tick at ``rate_hz`` until ``duration_s`` (wall seconds; None: until :meth:`request_stop`); a stop is
         commanded when the loop ends. Returns :meth:`report`; an exception in a tick is in ``report()["error"]``."""
         cfg = self.config
+        if cfg.realtime_priority:
+            self.scheduler = realtime_scheduling(cfg.realtime_priority)
         period = cfg.period_ns
         margin = round(cfg.trigger_margin_ms * 1e6)
         status_ns = round(cfg.status_interval_s * _NS)
@@ -501,6 +516,7 @@ class Runtime:
             "refused": refused,
             "trigger_lag_ms": {"p50": float(np.percentile(lags, 50)) / 1e6 if len(lags) else None,
                                "p99": float(np.percentile(lags, 99)) / 1e6 if len(lags) else None},
+            "scheduler": self.scheduler,
             "error": self.error,
         }
 

@@ -6,7 +6,8 @@
     ros2 launch oniwm oniwm.launch.py params_file:=/path/to/my.params.yaml control_enabled:=true
 
 ``params_file`` (default: the installed ``config/oniwm.params.yaml``) gives every parameter (set ``config`` there
-to the absolute path of the preset); ``control_enabled`` (default false: predict only, never command) overrides it.
+to the absolute path of the preset, and ``view: true`` there for the Foxglove live view); ``control_enabled``
+(default false: predict only, never command) overrides it.
 """
 
 from launch import LaunchDescription
