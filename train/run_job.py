@@ -23,7 +23,8 @@ Example::
 
     oniwm run --config configs/hallway.yaml [--seed S] [--duration 120] [--json run.json]
 
-Exit status: 0 when the robot reached the goal, 1 when it did not (or a process failed), 2 on bad input.
+Exit status: 0 when the robot reached the goal, 1 when it did not or a process failed (its log is named), 2 on bad
+input.
 """
 
 from __future__ import annotations
@@ -448,6 +449,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ImportError, yaml.YAMLError, DescriptionError, ValueError) as exc:
         log.error("oniwm run: %s", exc)
         return 2
+    except RuntimeError as exc:  # a process that did not start (its log is named), a bridge that never appeared
+        log.error("oniwm run: %s", exc)
+        return 1
     if args.json:
         write_json(args.json, report)
     print(table(report))
