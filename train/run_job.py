@@ -261,6 +261,7 @@ def run_job(config_path: Path, out: Path, *, seed: int | None = None, duration_s
         writer = LogWriter(log_path, {"run": {"seed": str(seed), "config": str(config_path.resolve()),
                                               "robot": robot.name}}, validate=False)
         epoch = None
+        next_status = 0.0
         while True:
             got = False
             for sub in subs:
@@ -293,7 +294,8 @@ def run_job(config_path: Path, out: Path, *, seed: int | None = None, duration_s
             if bridge.poll() is not None or runtime.poll() is not None:
                 end_reason = "process exited"
                 break
-            if status:
+            if status and time.monotonic() >= next_status:
+                next_status = time.monotonic() + 0.2  # 5 Hz: a terminal line, not a log
                 _status_line(last_truth, last_diag, score)
             if not got:
                 time.sleep(0.002)
