@@ -1067,8 +1067,9 @@ def _save(fig: Any, path: Path) -> str:
 
 
 def _cache_dir(data: Path, dataset_section: Mapping[str, Any] | None) -> Path:
-    """``data`` itself when it is a dataset cache; for a folder of MCAP logs, its ``cache`` subfolder (built with
-    the preset's dataset section when missing, as ``oniwm train`` does)."""
+    """``data`` itself when it is a dataset cache; for a folder of MCAP logs, its ``cache`` subfolder, brought up to
+    date with the logs there now (as ``oniwm train`` does: episodes whose log is unchanged are reused, new logs
+    are added), with the preset's dataset section."""
     from train.dataset import REPORT, build_dataset, dataset_config_from_dict
 
     if (data / REPORT).exists():
@@ -1076,8 +1077,7 @@ def _cache_dir(data: Path, dataset_section: Mapping[str, Any] | None) -> Path:
     if not any(data.glob("*.mcap")):
         raise ValueError(f"--data {data}: neither a dataset cache ({REPORT}) nor a folder of .mcap logs")
     cache = data / "cache"
-    if not (cache / REPORT).exists():
-        build_dataset(data, cache, dataset_config_from_dict(dataset_section))
+    build_dataset(data, cache, dataset_config_from_dict(dataset_section))
     return cache
 
 
