@@ -24,11 +24,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from oni.cli import on_stop_signals
 
 log = logging.getLogger("robots.node")
 
@@ -252,15 +253,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log.info("runtime: %s on %s at %g Hz; outputs on %s", info["backend"], info["model"], info["rate_hz"], info["endpoint"])
 
-    def on_signal(_signum: int, _frame: Any) -> None:
-        runtime.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = runtime.run(args.duration, on_status=None if args.quiet else write_status)
+        with on_stop_signals(runtime.request_stop):
+            report = runtime.run(args.duration, on_status=None if args.quiet else write_status)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         close_runtime(runtime)
         Path(runtime.config.info_file).expanduser().unlink(missing_ok=True)
     if not args.quiet:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from dataclasses import replace
 from typing import Any
+
+from oni.cli import on_stop_signals
 
 log = logging.getLogger("sim.cli")
 
@@ -91,15 +92,10 @@ def run(args: argparse.Namespace) -> int:
     )
     log.info("bridge info: %s", bridge.info_path)
 
-    def on_signal(_signum: int, _frame: Any) -> None:
-        bridge.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        report = bridge.run(args.duration, on_status=_print_status)
+        with on_stop_signals(bridge.request_stop):
+            report = bridge.run(args.duration, on_status=_print_status)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         bridge.close()
     _print_summary(report)
     print(json.dumps(report))

@@ -492,7 +492,7 @@ def table(report: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldmodel.export.onnx_export import write_json_atomic
+    from worldmodel.files import write_json_atomic
 
     started = time.perf_counter()
     report, raw = measure(args)

@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from worldmodel.files import sha256_file
 from worldmodel.model import ModelConfig, WorldModel
 
 __all__ = [
@@ -104,14 +104,6 @@ def _safetensors() -> Any:
     return st
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -162,7 +154,7 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: WorldModel, step: in
         "step": int(step),
         "code_version": code_version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "sha256": {f: _sha256(tmp / f) for f in files},
+        "sha256": {f: sha256_file(tmp / f) for f in files},
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     _write_json(tmp / _META, meta)
@@ -229,7 +221,7 @@ def _read_meta(path: Path, verify: tuple[str, ...]) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {f} is not part of this checkpoint")
         if not (path / f).exists():
             raise CheckpointError(f"{path / f}: missing")
-        if _sha256(path / f) != expected:
+        if sha256_file(path / f) != expected:
             raise CheckpointError(f"{path / f}: sha256 mismatch (the file is corrupt or was changed after saving)")
     return meta
 

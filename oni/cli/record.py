@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Any, Callable, Iterator, TextIO
 import zmq
 
 from oni import qos
+from oni.cli import on_stop_signals
 from oni.errors import BackpressureTimeout, OniError, SecurityError
 from oni.mcap_log import (
     DEFAULT_CHUNK_BYTES,
@@ -157,16 +157,8 @@ class _Stop:
 @contextmanager
 def _stop_on_signals() -> Iterator[_Stop]:
     stop = _Stop()
-
-    def handler(_signum: int, _frame: Any) -> None:
-        stop.requested = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_stop_signals(lambda: setattr(stop, "requested", True)):
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class _StatusLine:

@@ -26,10 +26,11 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from typing import Any
+
+from oni.cli import on_stop_signals
 
 log = logging.getLogger("robots.ros2.dds_bridge")
 
@@ -179,15 +180,8 @@ def run(args: argparse.Namespace) -> int:
              [dds_topic(t) for _, t, _ in core.subscriptions], [dds_topic(t) for t, _ in core.publications.values()],
              "" if params.control_enabled else " (control disabled: no commands)")
 
-    def on_signal(_signum: int, _frame: Any) -> None:
-        bridge.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_stop_signals(bridge.request_stop):
         report = bridge.spin(args.duration, on_status=None if args.quiet else write_status)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if not args.quiet:
         sys.stderr.write("\n")
     print(json.dumps(report))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ from worldmodel.backends.base import (
     require_extra,
 )
 from worldmodel.backends.torch_backend import ObserveGraph, RolloutGraph, TorchBackend
+from worldmodel.files import sha256_file, write_json_atomic
 from worldmodel.model import WorldModel
 from worldmodel.model.encoders import ImageEncoder
 
@@ -71,7 +71,6 @@ __all__ = [
     "parity_check",
     "random_ticks",
     "real_looking_ticks",
-    "write_json_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,25 +86,6 @@ _TRACE_SAMPLES = 3
 
 class ParityError(ExportError):
     """The exported graphs disagree with torch by more than the tolerance; the message gives the figures."""
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _io_entries(entries: Iterable[tuple[str, tuple[int | str, ...]]]) -> list[dict[str, Any]]:
@@ -180,7 +160,7 @@ def export_graphs(model: WorldModel, io: IOSpec, directory: Path, opset: int = D
                               input_names=[n for n, _ in inputs], output_names=[n for n, _ in outputs],
                               dynamic_axes=axes, do_constant_folding=True)
         onnx.checker.check_model(str(path), full_check=True)
-        graphs[name] = {"file": path.name, "sha256": _sha256(path), "inputs": _io_entries(inputs),
+        graphs[name] = {"file": path.name, "sha256": sha256_file(path), "inputs": _io_entries(inputs),
                         "outputs": _io_entries(outputs),
                         "lowered": [f"encoder.encoders.{n}: patch Linear -> Conv" for n in lowered] if name == "observe" else []}
     return graphs

@@ -113,7 +113,8 @@ def build_engines(export_dir: str | os.PathLike[str], *, opt_samples: int | None
 
     from worldmodel.backends.tensorrt_backend import TensorRTBackend
     from worldmodel.checkpoint import load_checkpoint
-    from worldmodel.export.onnx_export import parity_check, write_json_atomic
+    from worldmodel.export.onnx_export import parity_check
+    from worldmodel.files import write_json_atomic
 
     out = Path(export_dir)
     meta = read_export_metadata(out)
